@@ -1,0 +1,85 @@
+"""Speed of clip_model.py against OpenAI's reference implementation, on identical random ViT-B/16 weights, in one run.
+
+    python benchmarks/bench_clip.py [--batch 8] [--repeats 5] [--device cpu]
+
+Prints frames/s for encode_image (fp32, and bf16 autocast) and the time to encode the 51 HMDB-51 class prompts
+("a photo of a {name}."), for both implementations, and our speed as a ratio of theirs. Runs alternate between the two
+models so that both see the same machine load.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import clip_model  # noqa: E402
+import tokenizer  # noqa: E402
+from conftest import _load_openai_module  # noqa: E402  (OpenAI's clip/model.py, loaded without its __init__)
+
+HMDB51 = ["brush_hair", "cartwheel", "catch", "chew", "clap", "climb", "climb_stairs", "dive", "draw_sword", "dribble",
+          "drink", "eat", "fall_floor", "fencing", "flic_flac", "golf", "handstand", "hit", "hug", "jump", "kick",
+          "kick_ball", "kiss", "laugh", "pick", "pour", "pullup", "punch", "push", "pushup", "ride_bike",
+          "ride_horse", "run", "shake_hands", "shoot_ball", "shoot_bow", "shoot_gun", "sit", "situp", "smile",
+          "smoke", "somersault", "stand", "swing_baseball", "sword", "sword_exercise", "talk", "throw", "turn",
+          "walk", "wave"]
+
+
+def best_time(fn, repeats):
+    """Best of `repeats` wall-clock timings (the least disturbed by the rest of the machine)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@torch.no_grad()
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8, help="images per encode_image call")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    reference = _load_openai_module("model").CLIP(512, 224, 12, 768, 16, 77, 49408, 512, 8, 12).float().eval()
+    ours = clip_model.build_model(reference.state_dict()).eval()
+    reference, ours = reference.to(device), ours.to(device)
+    images = torch.randn(args.batch, 3, 224, 224, device=device)
+    prompts = tokenizer.tokenize([f"a photo of a {name.replace('_', ' ')}." for name in HMDB51]).to(device)
+    print(f"ViT-B/16, random weights, device {device}, {torch.get_num_threads()} threads, batch {args.batch}")
+
+    rows = []
+    for label, dtype in (("images fp32", None), ("images bf16 autocast", torch.bfloat16)):
+        def run(model):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                model.encode_image(images)
+        run(ours), run(reference)  # warm-up
+        t_ref, t_ours = [], []
+        for _ in range(args.repeats):  # alternate, so both see the same machine
+            t_ref.append(best_time(lambda: run(reference), 1))
+            t_ours.append(best_time(lambda: run(ours), 1))
+        rows.append((label, args.batch / min(t_ref), args.batch / min(t_ours), "frames/s"))
+
+    def text(model):
+        model.encode_text(prompts)
+    text(ours), text(reference)
+    t_ref, t_ours = [], []
+    for _ in range(args.repeats):
+        t_ref.append(best_time(lambda: text(reference), 1))
+        t_ours.append(best_time(lambda: text(ours), 1))
+    rows.append(("51 HMDB-51 prompts", min(t_ref), min(t_ours), "s"))
+
+    print(f"{'':24} {'reference':>12} {'ours':>12} {'speed-up':>9}")
+    for label, ref, our, unit in rows:
+        speedup = our / ref if unit != "s" else ref / our
+        print(f"{label:24} {ref:10.2f} {unit[:2]:>1} {our:10.2f} {unit[:2]:>1} {speedup:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

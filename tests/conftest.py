@@ -1,0 +1,44 @@
+"""Shared test fixtures.
+
+The independent reference for CLIP is OpenAI's own code, shipped by the `openai-clip` package on PyPI. Its
+`clip/__init__.py` imports `pkg_resources`, which recent setuptools no longer provides, so we load the two files we
+need (`clip/model.py`, `clip/simple_tokenizer.py`) directly from the installed package folder.
+"""
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+# The project is a flat folder of modules: make them importable from tests/.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# Two cores on CI: keep intra-op threads bounded so tests behave the same everywhere.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _load_openai_module(name):
+    spec = importlib.util.find_spec("clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the 'openai-clip' package is needed for the reference tests (pip install -r requirements.txt)")
+    folder = spec.submodule_search_locations[0]
+    path = os.path.join(folder, f"{name}.py")
+    module_spec = importlib.util.spec_from_file_location(f"openai_clip_reference_{name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def openai_model_module():
+    """OpenAI's clip/model.py (CLIP, build_model), loaded without the package's __init__."""
+    return _load_openai_module("model")
+
+
+@pytest.fixture(scope="session")
+def openai_tokenizer_module():
+    """OpenAI's clip/simple_tokenizer.py (SimpleTokenizer)."""
+    return _load_openai_module("simple_tokenizer")

@@ -1,0 +1,391 @@
+"""clip_model.py against OpenAI's own implementation (the `openai-clip` package), on random weights at real shapes.
+
+Every test that compares outputs builds the reference model, copies its weights into ours, and compares. Random
+weights are perturbed so that no bias or norm parameter sits at a trivial value (zeros or ones) that could hide a bug.
+"""
+import copy
+import io
+import os
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clip_model
+from tokenizer import tokenize
+
+VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
+               context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)
+# A small CLIP with the same structure, for the loading and error tests (fast to build, trace and save).
+SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
+             context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=2)
+# OpenAI's released architectures, by their constructor arguments.
+RELEASED = {
+    "ViT-B/32": dict(VIT_B16, vision_patch_size=32),
+    "ViT-B/16": VIT_B16,
+    "ViT-L/14": dict(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024, vision_patch_size=14,
+                     context_length=77, vocab_size=49408, transformer_width=768, transformer_heads=12,
+                     transformer_layers=12),
+    "ViT-L/14@336px": dict(embed_dim=768, image_resolution=336, vision_layers=24, vision_width=1024,
+                           vision_patch_size=14, context_length=77, vocab_size=49408, transformer_width=768,
+                           transformer_heads=12, transformer_layers=12),
+}
+
+
+def perturbed_reference(module, config, seed=0):
+    torch.manual_seed(seed)
+    model = module.CLIP(**config).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+def texts_with_varied_lengths():
+    """Token rows whose end tokens sit at very different positions, including the last one (76)."""
+    return tokenize(["a photo of a cat.", "", "a photo of a person doing a cartwheel on the beach at sunset.",
+                     " ".join(["word"] * 75)])
+
+
+@pytest.fixture(scope="module")
+def b16_pair(openai_model_module):
+    reference = perturbed_reference(openai_model_module, VIT_B16)
+    ours = clip_model.build_model(reference.state_dict())
+    return reference, ours
+
+
+@pytest.fixture(scope="module")
+def small_pair(openai_model_module):
+    reference = perturbed_reference(openai_model_module, SMALL, seed=1)
+    ours = clip_model.build_model(reference.state_dict())
+    return reference, ours
+
+
+def small_inputs():
+    torch.manual_seed(2)
+    return torch.randn(3, 3, 32, 32), texts_with_varied_lengths()
+
+
+def assert_same_outputs(reference, ours, images, texts, atol=1e-5):
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode_image(images), reference.encode_image(images), atol=atol, rtol=0)
+        torch.testing.assert_close(ours.encode_text(texts), reference.encode_text(texts), atol=atol, rtol=0)
+        ours_logits, ours_per_text = ours(images, texts)
+        ref_logits, ref_per_text = reference(images, texts)
+        torch.testing.assert_close(ours_logits, ref_logits, atol=atol * 100, rtol=0)  # logits are scaled by ~14
+        torch.testing.assert_close(ours_per_text, ref_per_text, atol=atol * 100, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parity at ViT-B/16 shapes
+
+
+def test_vit_b16_state_dict_moves_both_ways_strictly(b16_pair):
+    reference, ours = b16_pair
+    theirs = reference.state_dict()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.items()}
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    ours.load_state_dict(theirs, strict=True)
+
+
+def test_vit_b16_matches_openai_in_fp32(b16_pair):
+    reference, ours = b16_pair
+    torch.manual_seed(3)
+    images = torch.randn(2, 3, 224, 224)
+    assert_same_outputs(reference, ours, images, texts_with_varied_lengths())
+
+
+def test_vit_b16_matches_openai_with_gradients_enabled(b16_pair):
+    """Training runs without torch.no_grad; attention kernels may differ from inference, outputs must not."""
+    reference, ours = b16_pair
+    texts = texts_with_varied_lengths()
+    torch.testing.assert_close(ours.encode_text(texts), reference.encode_text(texts), atol=1e-5, rtol=0)
+
+
+def test_bf16_autocast_is_close_to_fp32(b16_pair):
+    """Measured: cosine similarity to fp32 above 0.999 for images and texts, on random ViT-B/16 weights."""
+    _, ours = b16_pair
+    torch.manual_seed(4)
+    images, texts = torch.randn(2, 3, 224, 224), texts_with_varied_lengths()
+    with torch.no_grad():
+        image_fp32, text_fp32 = ours.encode_image(images), ours.encode_text(texts)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            image_bf16, text_bf16 = ours.encode_image(images), ours.encode_text(texts)
+    assert image_bf16.dtype == torch.bfloat16
+    assert F.cosine_similarity(image_bf16.float(), image_fp32).min() > 0.999
+    assert F.cosine_similarity(text_bf16.float(), text_fp32).min() > 0.999
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Architecture inference
+
+
+@pytest.mark.parametrize("name", list(RELEASED))
+def test_build_model_infers_released_architectures(openai_model_module, name):
+    with torch.device("meta"):  # shapes only: no memory, no time
+        reference = openai_model_module.CLIP(**RELEASED[name])
+    assert clip_model.model_config(reference.state_dict()) == RELEASED[name]
+    with torch.device("meta"):
+        ours = clip_model.CLIP(**clip_model.model_config(reference.state_dict()))
+    assert {k: v.shape for k, v in ours.state_dict().items()} == \
+           {k: v.shape for k, v in reference.state_dict().items()}
+
+
+def test_small_model_matches_openai(small_pair):
+    reference, ours = small_pair
+    assert_same_outputs(reference, ours, *small_inputs())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading every supported format
+
+
+def test_load_plain_state_dict(small_pair, tmp_path):
+    reference, _ = small_pair
+    path = tmp_path / "weights.pt"
+    torch.save(reference.state_dict(), path)
+    assert_same_outputs(reference, clip_model.load(str(path)), *small_inputs())
+
+
+def test_load_torchscript_archive_as_openai_distributes_it(small_pair, tmp_path):
+    """OpenAI's .pt files are traced TorchScript archives whose state dict also holds three metadata entries."""
+    reference = copy.deepcopy(small_pair[0])
+    images, texts = small_inputs()
+    for name, value in (("input_resolution", 32), ("context_length", 77), ("vocab_size", 49408)):
+        if hasattr(reference, name):  # int attributes in OpenAI's class; tensor entries in their archives
+            delattr(reference, name)
+        reference.register_buffer(name, torch.tensor(value))
+    traced = torch.jit.trace(reference, (images, texts), check_trace=False)
+    path = tmp_path / "ViT-tiny.pt"
+    torch.jit.save(traced, str(path))
+    assert "input_resolution" in torch.jit.load(str(path)).state_dict()
+    assert_same_outputs(reference, clip_model.load(str(path)), images, texts)
+
+
+def _hf_model(config):
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=config["vocab_size"], hidden_size=config["transformer_width"],
+                         intermediate_size=4 * config["transformer_width"],
+                         num_hidden_layers=config["transformer_layers"],
+                         num_attention_heads=config["transformer_heads"],
+                         max_position_embeddings=config["context_length"], hidden_act="quick_gelu",
+                         bos_token_id=49406, eos_token_id=49407, pad_token_id=0),
+        vision_config=dict(hidden_size=config["vision_width"], intermediate_size=4 * config["vision_width"],
+                           num_hidden_layers=config["vision_layers"], num_attention_heads=config["vision_width"] // 64,
+                           image_size=config["image_resolution"], patch_size=config["vision_patch_size"],
+                           hidden_act="quick_gelu"),
+        projection_dim=config["embed_dim"])
+    torch.manual_seed(5)
+    model = transformers.CLIPModel(hf_config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
+def test_load_hugging_face_checkpoint(tmp_path, safe):
+    hf = _hf_model(SMALL)
+    hf.save_pretrained(tmp_path, safe_serialization=safe)
+    if not safe:  # recent transformers write safetensors regardless; make the .bin file the way older ones did
+        for f in tmp_path.glob("*.safetensors"):
+            f.unlink()
+        torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    ours = clip_model.load(str(tmp_path))
+    images, texts = small_inputs()
+    with torch.no_grad():
+        out = hf(input_ids=texts, pixel_values=images)
+        torch.testing.assert_close(F.normalize(ours.encode_image(images), dim=-1), out.image_embeds, atol=1e-5, rtol=0)
+        torch.testing.assert_close(F.normalize(ours.encode_text(texts), dim=-1), out.text_embeds, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours(images, texts)[0], out.logits_per_image, atol=1e-4, rtol=0)
+
+
+def test_hugging_face_conversion_round_trips(small_pair):
+    _, ours = small_pair
+    state_dict = ours.state_dict()
+    back = clip_model.convert_hf_state_dict(clip_model.to_hf_state_dict(state_dict))
+    assert back.keys() == state_dict.keys()
+    assert all(torch.equal(back[k], state_dict[k]) for k in state_dict)
+
+
+def test_load_returns_fp32_unless_asked(small_pair, tmp_path):
+    reference, _ = small_pair
+    path = tmp_path / "half.pt"
+    torch.save({k: v.half() for k, v in reference.state_dict().items()}, path)  # OpenAI ships fp16 weights
+    assert clip_model.load(str(path)).dtype == torch.float32
+    model = clip_model.load(str(path), dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    images, texts = small_inputs()
+    with torch.no_grad():
+        assert model.encode_image(images.bfloat16()).dtype == torch.bfloat16
+        assert model.encode_text(texts).dtype == torch.bfloat16
+
+
+def test_known_name_downloads_once_and_checks_the_hash(tmp_path, monkeypatch, small_pair):
+    """The download path, exercised with a file:// address instead of OpenAI's server (tests never download)."""
+    reference, _ = small_pair
+    buffer = io.BytesIO()
+    torch.save(reference.state_dict(), buffer)
+    digest = __import__("hashlib").sha256(buffer.getvalue()).hexdigest()
+    served = tmp_path / "server" / digest / "ViT-tiny.pt"  # OpenAI's addresses are .../<sha256>/<file name>
+    served.parent.mkdir(parents=True)
+    served.write_bytes(buffer.getvalue())
+    monkeypatch.setitem(clip_model._MODELS, "ViT-tiny", served.as_uri())
+    monkeypatch.setenv("CLIP_CACHE", str(tmp_path / "cache"))
+    model = clip_model.load("ViT-tiny")
+    assert_same_outputs(reference, model, *small_inputs())
+    assert sorted(os.listdir(tmp_path / "cache")) == ["ViT-tiny.pt"]  # no temporary file left behind
+    clip_model.load("ViT-tiny")  # second time: from the cache
+
+
+def test_available_models_lists_openai_vits_and_the_tiny_world():
+    names = clip_model.available_models()
+    assert {"ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px", clip_model.TINY_MODEL_NAME} <= set(names)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Errors name the file and say what is wrong
+
+
+def test_missing_file_is_named():
+    with pytest.raises(FileNotFoundError, match="no/such/weights.pt"):
+        clip_model.load("no/such/weights.pt")
+
+
+def test_truncated_file_is_named(small_pair, tmp_path):
+    reference, _ = small_pair
+    buffer = io.BytesIO()
+    torch.save(reference.state_dict(), buffer)
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(RuntimeError, match=r"truncated\.pt: cannot read weights, the file is truncated or corrupt"):
+        clip_model.load(str(path))
+
+
+def test_corrupt_file_is_named(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(RuntimeError, match=r"garbage\.pt: cannot read weights"):
+        clip_model.load(str(path))
+
+
+def test_cached_file_with_wrong_hash_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIP_CACHE", str(tmp_path))
+    (tmp_path / "ViT-B-16.pt").write_bytes(b"not the weights")
+    with pytest.raises(RuntimeError, match=r"ViT-B-16\.pt: SHA-256 does not match 5806e77c"):
+        clip_model.load("ViT-B/16")
+
+
+def test_download_with_wrong_hash_is_refused_and_leaves_nothing(tmp_path):
+    served = tmp_path / "file.pt"
+    served.write_bytes(b"tampered")
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match=r"file\.pt: downloaded file has SHA-256 .*, expected 0000"):
+        clip_model.download(served.as_uri(), str(cache), expected_sha256="0" * 64)
+    assert os.listdir(cache) == []
+
+
+def test_unknown_architecture_is_named(tmp_path):
+    path = tmp_path / "resnet.pt"
+    torch.save({"visual.layer1.0.conv1.weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match=r"resnet\.pt: this is a ResNet CLIP checkpoint"):
+        clip_model.load(str(path))
+    path = tmp_path / "other.pt"
+    torch.save({"encoder.weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match=r"other\.pt: unknown architecture"):
+        clip_model.load(str(path))
+
+
+def test_missing_and_unexpected_keys_are_listed(small_pair, tmp_path):
+    reference, _ = small_pair
+    state_dict = dict(reference.state_dict())
+    del state_dict["visual.ln_post.bias"]
+    state_dict["visual.extra"] = torch.zeros(1)
+    path = tmp_path / "mismatch.pt"
+    torch.save(state_dict, path)
+    with pytest.raises(ValueError, match=r"mismatch\.pt: weights do not fit .*missing keys \['visual\.ln_post\.bias'\]"
+                                         r".*unexpected keys \['visual\.extra'\]"):
+        clip_model.load(str(path))
+
+
+def test_not_a_state_dict_is_refused(tmp_path):
+    path = tmp_path / "list.pt"
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(RuntimeError, match=r"list\.pt: .*not a state dict"):
+        clip_model.load(str(path))
+
+
+def test_hugging_face_clip_with_another_activation_is_refused(tmp_path):
+    hf = _hf_model(SMALL)
+    hf.config.vision_config.hidden_act = "gelu"
+    hf.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"config\.json: vision_config\.hidden_act is 'gelu'"):
+        clip_model.load(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training-time features
+
+
+def test_activation_checkpointing_gives_same_outputs_and_gradients(small_pair):
+    _, ours = small_pair
+    images, texts = small_inputs()
+
+    def loss_and_grads():
+        ours.zero_grad()
+        logits, _ = ours(images, texts)
+        logits.logsumexp(-1).sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in ours.named_parameters() if p.grad is not None}
+
+    plain_logits, plain_grads = loss_and_grads()
+    ours.set_grad_checkpointing(True)
+    try:
+        ckpt_logits, ckpt_grads = loss_and_grads()
+    finally:
+        ours.set_grad_checkpointing(False)
+        ours.zero_grad()
+    torch.testing.assert_close(ckpt_logits, plain_logits)
+    assert plain_grads.keys() == ckpt_grads.keys()
+    for name in plain_grads:
+        torch.testing.assert_close(ckpt_grads[name], plain_grads[name], atol=1e-6, rtol=1e-5)
+
+
+def test_text_is_cut_after_the_last_end_token(small_pair, monkeypatch):
+    """The shortcut is invisible in the output (checked against OpenAI above) and really shortens the sequence."""
+    _, ours = small_pair
+    lengths = []
+    original = ours.transformer.forward
+    monkeypatch.setattr(ours.transformer, "forward", lambda x, **kw: lengths.append(x.shape[1]) or original(x, **kw))
+    with torch.no_grad():
+        ours.encode_text(tokenize(["a photo of a cat.", "a dog."]))
+    assert lengths == [8]  # <sot> a photo of a cat . <eot>
+
+
+def test_prompt_hook_with_no_tokens_is_plain_clip(small_pair):
+    _, ours = small_pair
+    images, texts = small_inputs()
+    empty = torch.zeros(0, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode_image(images, prompts=empty, deep_prompts=[]),
+                                   ours.encode_image(images), atol=0, rtol=0)
+        torch.testing.assert_close(ours.encode_text(texts[:3], prompts=empty), ours.encode_text(texts[:3]),
+                                   atol=0, rtol=0)
+
+
+def test_prompt_hook_replaces_prompt_positions_at_deeper_layers(small_pair):
+    """Deep prompts replace the running prompt tokens before layer 1, so they change the output. (prompts.py's tests
+    check the exact semantics: depth d changes layers up to d only.)"""
+    _, ours = small_pair
+    images, texts = small_inputs()
+    torch.manual_seed(6)
+    prompts, deep = torch.randn(3, 64), [torch.randn(3, 64)]
+    with torch.no_grad():
+        with_deep = ours.encode_image(images, prompts=prompts, deep_prompts=deep)
+        without = ours.encode_image(images, prompts=prompts)
+        assert not torch.allclose(with_deep, without)
+        text_out = ours.encode_text(texts[:3], prompts=prompts, deep_prompts=deep)
+        assert text_out.shape == (3, 32)
+    with pytest.raises(ValueError, match="at most layers - 1"):
+        ours.encode_image(images, prompts=prompts, deep_prompts=deep * 2)
+    with pytest.raises(ValueError, match="do not fit in 77 positions"):
+        ours.encode_text(texts[3:], prompts=prompts)  # that text already ends at position 76
