@@ -1,0 +1,531 @@
+"""vifi.py: ViFi-CLIP (paper Sec. 4-5) on a small random CLIP: fusions, training modes, class names, the text cache,
+the authors' checkpoints, prompt checkpoints and classify().
+
+Reference values are computed by hand from clip_model's two encoders, so that Eq. 1 itself is checked, not only
+vifi.py against itself.
+"""
+import collections
+import copy
+import os
+import sys
+import types
+
+import av
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clip_model
+import prompts
+import vifi
+from tokenizer import tokenize
+
+SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=3, vision_width=64, vision_patch_size=8,
+             context_length=77, vocab_size=49408, transformer_width=48, transformer_heads=1, transformer_layers=3)
+NAMES = ["brush_hair", "cartwheel", "ride bike", "sword exercise"]
+NOVEL = ["kiss", "pour", "shoot bow"]
+DEEP = dict(n_ctx_text=5, depth_text=3, n_ctx_vision=2, depth_vision=2)  # on every layer but one; 5 > 4 words: random
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: a second intra-op thread only adds synchronisation, which on a busy 2-core machine
+    was measured to make each forward pass 200x slower (1 ms -> 0.2 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+TEXT_TOWER = ("positional_embedding", "transformer.", "ln_final.", "text_projection")
+EXPECTED_TRAINED = {  # which of the model's parameters each mode trains, by name
+    "both": lambda n: n.startswith(("clip.visual.", "clip.logit_scale") + tuple("clip." + t for t in TEXT_TOWER)),
+    "image": lambda n: n.startswith("clip.visual."),
+    "text": lambda n: n.startswith(tuple("clip." + t for t in TEXT_TOWER)),
+    "prompts": lambda n: n.startswith("prompts."),
+    "none": lambda n: False,
+}
+
+
+def random_clip(seed=0):
+    torch.manual_seed(seed)
+    model = clip_model.CLIP(**SMALL).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # no parameter at a trivial value (zero biases, unit norms)
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+def randomize_prompts(model, seed=1):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.prompts.parameters():
+            p.normal_(0, 0.5)
+    return model
+
+
+def videos(B=2, T=3, seed=2):
+    torch.manual_seed(seed)
+    return torch.randn(B, T, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return random_clip()
+
+
+def build(clip, names=NAMES, **kwargs):
+    return vifi.ViFiCLIP(copy.deepcopy(clip), names, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The model is Eq. 1 on top of CLIP
+
+
+def test_embedding_fusion_is_eq1_on_plain_clip(clip):
+    """Mean of the frame embeddings, normalised, cosine with "a photo of a {name}." (underscores as spaces), times
+    exp(logit_scale): computed by hand with CLIP's two encoders."""
+    model = build(clip, train_mode="none").eval()
+    x = videos()
+    with torch.no_grad():
+        logits = model(x)
+        frames = clip.encode_image(x.flatten(0, 1)).view(2, 3, -1)
+        video = F.normalize(frames.mean(1), dim=-1)
+        text = F.normalize(clip.encode_text(tokenize([f"a photo of a {n.replace('_', ' ')}." for n in NAMES])),
+                           dim=-1)
+        expected = clip.logit_scale.exp() * video @ text.t()
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fusion", vifi.FUSIONS)
+@pytest.mark.parametrize("mode", vifi.TRAIN_MODES)
+def test_shapes_and_dtypes_for_every_fusion_and_mode(clip, fusion, mode):
+    model = build(clip, fusion=fusion, train_mode=mode, **DEEP)
+    x, labels = videos(B=2, T=3), torch.tensor([0, 3])
+    model.train()
+    logits = model(x)
+    assert logits.shape == ((6, 4) if fusion == "image" else (2, 4)) and logits.dtype == torch.float32
+    loss = model.loss(logits, labels)
+    assert loss.shape == () and torch.isfinite(loss)
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == (2, 4)
+        assert model(x, class_names=NOVEL).shape == (2, 3)
+
+
+def test_bf16_autocast_runs_and_stays_close(clip):
+    model = build(clip, train_mode="both", **DEEP)
+    x, labels = videos(), torch.tensor([1, 2])
+    with torch.no_grad():
+        fp32 = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+        loss = model.loss(logits, labels)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    loss.backward()
+    assert F.cosine_similarity(logits.float(), fp32).min() > 0.99
+
+
+def test_with_one_frame_the_three_fusions_agree(clip):
+    x, labels = videos(B=3, T=1), torch.tensor([0, 1, 3])
+    models = {f: build(clip, fusion=f, train_mode="both", **DEEP) for f in vifi.FUSIONS}
+    for m in models.values():
+        randomize_prompts(m)
+    with torch.no_grad():
+        train_losses = {f: m.loss(m.train()(x), labels) for f, m in models.items()}
+        probs = {f: m.eval()(x).softmax(-1) for f, m in models.items()}
+        logits = {f: models[f](x) for f in ("embedding", "decision")}
+    torch.testing.assert_close(logits["embedding"], logits["decision"], atol=1e-5, rtol=0)
+    for f in ("decision", "image"):
+        torch.testing.assert_close(train_losses[f], train_losses["embedding"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(probs[f], probs["embedding"], atol=1e-6, rtol=0)
+
+
+def test_decision_and_image_fusion_by_hand(clip):
+    """Decision: mean of frame logits. Image: every frame a sample with its video's label in training; the frames'
+    mean probability in evaluation."""
+    x, labels = videos(B=2, T=3), torch.tensor([2, 0])
+    decision = build(clip, fusion="decision", train_mode="none").eval()
+    image = build(clip, fusion="image", train_mode="none")
+    with torch.no_grad():
+        frames = F.normalize(decision.encode_frames(x), dim=-1)  # [2, 3, D]
+        frame_logits = clip.logit_scale.exp() * frames @ decision.text_features().t()  # [2, 3, C]
+        torch.testing.assert_close(decision(x), frame_logits.mean(1), atol=1e-5, rtol=0)
+        train_logits = image.train()(x)
+        torch.testing.assert_close(train_logits, frame_logits.flatten(0, 1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(image.loss(train_logits, labels),
+                                   F.cross_entropy(frame_logits.flatten(0, 1), torch.tensor([2, 2, 2, 0, 0, 0])))
+        torch.testing.assert_close(image.eval()(x).softmax(-1), frame_logits.softmax(-1).mean(1), atol=1e-6, rtol=0)
+
+
+def test_soft_targets(clip):
+    """Mixup/label smoothing give probability targets; with image-level fusion they repeat per frame too."""
+    model = build(clip, fusion="image", train_mode="none").train()
+    x = videos(B=2, T=3)
+    soft = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.0, 0.5, 0.5, 0.0]])
+    with torch.no_grad():
+        logits = model(x)
+        expected = -(soft.repeat_interleave(3, 0) * logits.log_softmax(-1)).sum(-1).mean()
+        torch.testing.assert_close(model.loss(logits, soft), expected)
+        assert model.loss(logits, soft, soft_loss=lambda lg, t: torch.tensor(7.0)) == 7.0
+
+
+def test_templates_are_ensembled(clip):
+    """A list of templates: the mean of the normalised embeddings, normalised again (CLIP's prompt ensembling)."""
+    templates = ["a photo of a {}.", "a video of a person {}.", "{}"]
+    model = build(clip, templates=templates, train_mode="none")
+    with torch.no_grad():
+        singles = [F.normalize(clip.encode_text(tokenize([t.format(n.replace("_", " ")) for n in NAMES])), dim=-1)
+                   for t in templates]
+        expected = F.normalize(torch.stack(singles).mean(0), dim=-1)
+        torch.testing.assert_close(model.text_features(), expected, atol=1e-6, rtol=0)
+        bare = build(clip, templates=vifi.ZERO_SHOT_TEMPLATE, train_mode="none").text_features()
+        torch.testing.assert_close(bare, F.normalize(clip.encode_text(tokenize(
+            [n.replace("_", " ") for n in NAMES])), dim=-1), atol=1e-6, rtol=0)
+
+
+def test_default_template_follows_the_prompts(clip):
+    assert build(clip).templates == ("a photo of a {}.",)
+    assert build(clip, **DEEP).templates == ("{}.",)  # the learned context stands where "a photo of a" stood
+    with pytest.raises(ValueError, match="'{}' for the class name"):
+        build(clip, templates="a photo")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training modes: exactly the right parameters learn
+
+
+@pytest.mark.parametrize("mode", vifi.TRAIN_MODES)
+def test_gradients_reach_exactly_what_each_mode_trains(clip, mode):
+    model = build(clip, fusion="embedding", train_mode=mode, **DEEP)
+    expected = {n for n, _ in model.named_parameters() if EXPECTED_TRAINED[mode](n)}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
+    assert {id(p) for p in vifi.trainable_parameters(model)} == \
+           {id(p) for n, p in model.named_parameters() if n in expected}
+    assert "clip.token_embedding.weight" not in expected  # never trained by default, as in the authors' code
+    model.train()
+    logits = model(videos())
+    loss = model.loss(logits, torch.tensor([0, 1]))
+    if mode == "none":
+        assert not loss.requires_grad
+        return
+    loss.backward()
+    got = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert got == expected
+    # every trained tensor really receives signal (catches a tower silently cut off from the loss)
+    assert all(model.get_parameter(n).grad.abs().sum() > 0 for n in got)
+
+
+def test_token_embeddings_can_be_unfrozen(clip):
+    model = build(clip, train_mode="text", train_token_embedding=True)
+    model.train()
+    model.loss(model(videos()), torch.tensor([0, 1])).backward()
+    assert model.clip.token_embedding.weight.grad is not None
+
+
+def test_prompt_mode_needs_prompts(clip):
+    with pytest.raises(ValueError, match="needs prompt tokens"):
+        build(clip, train_mode="prompts")
+    with pytest.raises(ValueError, match="train_mode must be one of"):
+        build(clip, train_mode="all")
+
+
+def test_trainable_state_dict_round_trip(clip):
+    model = randomize_prompts(build(clip, train_mode="prompts", **DEEP))
+    state = vifi.trainable_state_dict(model)
+    assert sorted(state) == ["prompts.text.0", "prompts.text.1", "prompts.text.2", "prompts.vision.0",
+                             "prompts.vision.1"]
+    other = build(clip, train_mode="prompts", **DEEP)
+    vifi.load_trainable_state_dict(other, state, source="ckpt.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(other(videos()), model(videos()), atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"ckpt\.pt: trainable parameters do not match"):
+        vifi.load_trainable_state_dict(build(clip, train_mode="image"), state, source="ckpt.pt")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Class names and the text cache
+
+
+def test_changing_class_names_is_the_same_as_building_with_them(clip):
+    model = randomize_prompts(build(clip, NAMES, train_mode="none", **DEEP)).eval()
+    fresh = randomize_prompts(build(clip, NOVEL, train_mode="none", **DEEP)).eval()
+    with torch.no_grad():
+        base_logits = model(videos())
+        assert torch.equal(model(videos(), class_names=NOVEL), fresh(videos()))  # a one-off override ...
+        assert model.class_names == tuple(NAMES)  # ... leaves the model's classes alone
+        model.set_class_names(NOVEL)
+        assert torch.equal(model(videos()), fresh(videos()))
+        model.set_class_names(NAMES)
+        assert torch.equal(model(videos()), base_logits)
+
+
+def count_text_encodings(model, monkeypatch):
+    calls = []
+    original = model.encode_class_prompts
+    monkeypatch.setattr(model, "encode_class_prompts", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def test_frozen_text_side_is_encoded_once_per_class_set(clip, monkeypatch):
+    """CLIP image-FT trains with a frozen text tower: its class embeddings are computed once, whatever the number of
+    steps; in evaluation (no_grad) the same holds for every mode."""
+    model = build(clip, train_mode="image")
+    calls = count_text_encodings(model, monkeypatch)
+    optimizer = torch.optim.SGD(vifi.trainable_parameters(model), lr=0.1)
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        model.loss(model(videos()), torch.tensor([0, 1])).backward()
+        optimizer.step()
+    assert len(calls) == 1
+    model.eval()
+    with torch.no_grad():
+        model(videos(), class_names=NOVEL)
+        model(videos(), class_names=NOVEL)
+        model(videos())
+    assert len(calls) == 2  # NOVEL once; NAMES still cached
+
+
+def test_cache_is_invalidated_by_optimizer_steps_and_loading(clip, monkeypatch):
+    model = build(clip, train_mode="both", **DEEP)
+    calls = count_text_encodings(model, monkeypatch)
+    optimizer = torch.optim.AdamW(vifi.trainable_parameters(model), lr=1e-2)
+
+    def eval_logits():
+        model.eval()
+        with torch.no_grad():
+            return model(videos())
+
+    before = eval_logits()
+    assert torch.equal(eval_logits(), before) and len(calls) == 1  # cached
+    model.train()
+    model.loss(model(videos()), torch.tensor([0, 1])).backward()  # training the text tower: never cached
+    assert len(calls) == 2
+    optimizer.step()
+    after = eval_logits()
+    assert len(calls) == 3 and not torch.allclose(after, before)
+    reference = build(model.clip, train_mode="none", **DEEP)  # a model with the new weights, never cached
+    reference.prompts.load_state_dict(model.prompts.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(after, reference.eval()(videos()), atol=0, rtol=0)
+    model.load_state_dict(build(clip, train_mode="both", **DEEP).state_dict())  # back to the first weights
+    torch.testing.assert_close(eval_logits(), before, atol=0, rtol=0)
+    assert len(calls) == 4
+    with torch.no_grad():  # an in-place write to one prompt tensor
+        model.prompts.text[2].add_(1.0)
+    eval_logits()
+    assert len(calls) == 5
+
+
+def test_cache_keeps_autocast_results_apart(clip):
+    model = build(clip, train_mode="none").eval()
+    with torch.no_grad():
+        fp32 = model.text_features()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model.text_features()
+        assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+        assert model.text_features().dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The authors' checkpoints
+
+
+class FakeCfgNode(dict):
+    """Pickles like yacs.config.CfgNode (a dict subclass with attributes, one of them a set)."""
+
+    def __init__(self, init=None):
+        super().__init__(init or {})
+        self.__dict__.update({"__immutable__": True, "__deprecated_keys__": set(), "__new_allowed__": False})
+
+
+@pytest.fixture
+def fake_yacs(monkeypatch):
+    """A module yacs.config with a CfgNode, so that torch.save writes the authors' config object as they did."""
+    module = types.ModuleType("yacs.config")
+    FakeCfgNode.__module__, FakeCfgNode.__qualname__, FakeCfgNode.__name__ = "yacs.config", "CfgNode", "CfgNode"
+    module.CfgNode = FakeCfgNode
+    monkeypatch.setitem(sys.modules, "yacs", types.ModuleType("yacs"))
+    monkeypatch.setitem(sys.modules, "yacs.config", module)
+    return FakeCfgNode
+
+
+def authors_state_dict(model: vifi.ViFiCLIP) -> collections.OrderedDict:
+    """The state dict the authors' trainers/vificlip.py ViFiCLIP (wrapped in DistributedDataParallel) would have for
+    these weights, written from their module structure: image_encoder = clip.visual (first-layer vision prompts
+    `VPT`, deeper ones `VPT_shallow` in each block), text_encoder = positional_embedding / transformer / ln_final /
+    text_projection (deeper text prompts `VPT_shallow` in each block), prompt_learner (`ctx` and class-name buffers),
+    logit_scale. No token embedding."""
+    clip, out = model.clip, collections.OrderedDict()
+    n_cls = len(model.class_names)
+    if model.prompts.has_text:
+        out["prompt_learner.ctx"] = model.prompts.text[0]
+        out["prompt_learner.token_prefix"] = torch.randn(n_cls, 1, 48)
+        out["prompt_learner.token_suffix"] = torch.randn(n_cls, 72, 48)
+    else:
+        out["prompt_learner.complete_text_embeddings"] = torch.randn(n_cls, 77, 48)
+    for k, v in clip.visual.state_dict().items():
+        out[f"image_encoder.{k}"] = v
+    if model.prompts.has_vision:
+        out["image_encoder.VPT"] = model.prompts.vision[0]
+        for i in range(1, len(model.prompts.vision)):
+            out[f"image_encoder.transformer.resblocks.{i}.VPT_shallow"] = model.prompts.vision[i]
+    out["text_encoder.positional_embedding"] = clip.positional_embedding
+    for k, v in clip.transformer.state_dict().items():
+        out[f"text_encoder.transformer.{k}"] = v
+    for i in range(1, len(model.prompts.text)):
+        out[f"text_encoder.transformer.resblocks.{i}.VPT_shallow"] = model.prompts.text[i]
+    for k, v in clip.ln_final.state_dict().items():
+        out[f"text_encoder.ln_final.{k}"] = v
+    out["text_encoder.text_projection"] = clip.text_projection
+    out["logit_scale"] = clip.logit_scale
+    return collections.OrderedDict((f"module.{k}", v.detach().clone()) for k, v in out.items())
+
+
+def save_authors_checkpoint(path, model, cfg_class):
+    """Their utils/tools.py epoch_saving: model, optimizer, lr_scheduler, max_accuracy, epoch, config."""
+    params = [torch.nn.Parameter(torch.randn(3))]
+    optimizer = torch.optim.AdamW(params)
+    params[0].grad = torch.ones(3)
+    optimizer.step()
+    config = cfg_class({"MODEL": cfg_class({"ARCH": "ViT-B/16"}), "BASE": [""]})
+    torch.save({"model": authors_state_dict(model), "optimizer": optimizer.state_dict(),
+                "lr_scheduler": {"t_initial": 100, "base_values": [8e-6], "noise_range_t": None},
+                "max_accuracy": 51.3, "epoch": 9, "config": config}, path)
+
+
+@pytest.mark.parametrize("prompted", [False, True], ids=["finetuned", "prompted"])
+def test_authors_checkpoint_loads_and_gives_the_same_logits(clip, tmp_path, fake_yacs, prompted):
+    trained = build(random_clip(seed=5), train_mode="none", **(DEEP if prompted else {}))
+    randomize_prompts(trained)
+    path = tmp_path / "vifi_clip_10_epochs_k400_full_finetuned.pth"
+    save_authors_checkpoint(path, trained, fake_yacs)
+    # The base CLIP supplies only the token embeddings, which their files lack: give it the trained model's table,
+    # and every other weight different, to show that those come from the file.
+    base = random_clip(seed=6)
+    with torch.no_grad():
+        base.token_embedding.weight.copy_(trained.clip.token_embedding.weight)
+    loaded = vifi.load_authors_checkpoint(str(path), NOVEL, base=base)
+    assert loaded.normalization == "imagenet" and loaded.train_mode == "none"
+    assert loaded.prompts.config() == (dict(DEEP, ctx_init=None) if prompted else
+                                       dict(n_ctx_text=0, depth_text=0, n_ctx_vision=0, depth_vision=0, ctx_init=None))
+    trained.set_class_names(NOVEL)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(videos()), trained.eval()(videos()), atol=0, rtol=0)
+    # load_weights (train.py --init-from) reads the same file into an existing model
+    target = build(base, train_mode="both", **(DEEP if prompted else {}))
+    vifi.load_weights(target, str(path))
+    target.set_class_names(NOVEL)
+    with torch.no_grad():
+        torch.testing.assert_close(target.eval()(videos()), trained(videos()), atol=0, rtol=0)
+
+
+def test_authors_checkpoint_with_unknown_or_missing_keys_is_refused(clip, tmp_path, fake_yacs):
+    model = build(clip, train_mode="none")
+    state = authors_state_dict(model)
+    extra = collections.OrderedDict(state, **{"module.temporal_transformer.weight": torch.zeros(1)})
+    torch.save({"model": extra}, tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match=r"extra\.pth: keys that are not part of .*temporal_transformer"):
+        vifi.load_authors_checkpoint(str(tmp_path / "extra.pth"), NAMES, base=clip)
+    missing = collections.OrderedDict((k, v) for k, v in state.items() if "ln_post.bias" not in k)
+    torch.save({"model": missing}, tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match=r"missing\.pth: missing CLIP weights \['visual\.ln_post\.bias'\]"):
+        vifi.load_authors_checkpoint(str(tmp_path / "missing.pth"), NAMES, base=clip)
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"logit_scale": torch.zeros(())}, "config": Payload()}, path)
+    with pytest.raises(vifi.UnsafeCheckpointError, match=r"evil\.pth: refusing to unpickle (posix|nt)\.mkdir"):
+        vifi.read_checkpoint(str(path))
+    assert not marker.exists()
+
+
+def test_damaged_checkpoint_is_named(tmp_path):
+    path = tmp_path / "half.pth"
+    torch.save({"model": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(RuntimeError, match=r"half\.pth: cannot read checkpoint"):
+        vifi.read_checkpoint(str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Starting from checkpoints: train.py's, plain CLIP state dicts, prompt checkpoints
+
+
+def test_load_weights_from_our_and_openai_names(clip, tmp_path):
+    source = randomize_prompts(build(random_clip(seed=7), train_mode="both", **DEEP))
+    torch.save({"model": vifi.trainable_state_dict(source), "config": {"clip": "x"}}, tmp_path / "last.pt")
+    target = build(clip, train_mode="prompts", **DEEP)
+    loaded = vifi.load_weights(target, str(tmp_path / "last.pt"))
+    assert "clip.token_embedding.weight" not in loaded and "prompts.text.0" not in loaded  # 'both' trains neither
+    assert all(torch.equal(target.state_dict()[k], source.state_dict()[k]) for k in loaded)
+    torch.save(source.clip.state_dict(), tmp_path / "clip.pt")  # OpenAI's names
+    target = build(clip, train_mode="both")
+    vifi.load_weights(target, str(tmp_path / "clip.pt"))
+    assert all(torch.equal(v, source.clip.state_dict()[k]) for k, v in target.clip.state_dict().items())
+    with pytest.raises(ValueError, match=r"clip\.pt: keys this model does not have"):
+        torch.save(dict(source.clip.state_dict(), extra=torch.zeros(1)), tmp_path / "clip.pt")
+        vifi.load_weights(target, str(tmp_path / "clip.pt"))
+
+
+def test_prompt_checkpoint_round_trip_on_its_bridged_model(tmp_path):
+    bridged = random_clip(seed=8)
+    base_path = tmp_path / "bridged.pt"
+    torch.save(bridged.state_dict(), base_path)
+    model = randomize_prompts(build(bridged, train_mode="prompts", **DEEP))
+    prompts.save_prompts(str(tmp_path / "prompts.pt"), model.prompts, str(base_path))
+    loaded = vifi.load_prompted(str(tmp_path / "prompts.pt"), NAMES)
+    assert loaded.train_mode == "none" and loaded.templates == ("{}.",)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(videos()), model.eval()(videos()), atol=0, rtol=0)
+    target = build(bridged, train_mode="prompts", **DEEP)  # load_weights also takes prompt checkpoints
+    vifi.load_weights(target, str(tmp_path / "prompts.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(target.prompts.parameters(), model.prompts.parameters()))
+    torch.save(random_clip(seed=9).state_dict(), base_path)  # the bridged model changed under the prompts
+    with pytest.raises(ValueError, match=r"prompts\.pt: its prompts were trained on .*bridged\.pt \(SHA-256"):
+        vifi.load_prompted(str(tmp_path / "prompts.pt"), NAMES)
+    vifi.load_prompted(str(tmp_path / "prompts.pt"), NAMES, verify=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# classify: one of the users' own videos
+
+
+def write_video(path, frames=16, size=(48, 64)):
+    """A short H.264 video: a bright square moving across a dark background."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        for t in range(frames):
+            image = np.full((*size, 3), 20, dtype=np.uint8)
+            image[10:30, 2 + 3 * t:22 + 3 * t] = (230, 60, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_classify_ranks_the_classes_of_a_video(clip, tmp_path):
+    import data
+    path = tmp_path / "my video.mp4"
+    write_video(path)
+    model = build(clip, train_mode="both", normalization="imagenet").train()
+    ranked = vifi.classify(model, str(path), NOVEL, num_frames=4)
+    assert [name for name, _ in ranked] != [] and sorted(n for n, _ in ranked) == sorted(NOVEL)
+    probs = [p for _, p in ranked]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5
+    assert model.training and model.class_names == tuple(NAMES)  # left as it was
+    # the same as the model on the frames data.py gives for evaluation, normalised as the model expects
+    frames = data.VideoDataset("", [(str(path), 0)], num_frames=4, input_size=32, norm="imagenet").load(0)
+    with torch.no_grad():
+        expected = model.eval()(frames[None], class_names=NOVEL)[0].softmax(-1)
+    assert dict(ranked) == pytest.approx(dict(zip(NOVEL, expected.tolist())), abs=1e-6)

@@ -1,0 +1,536 @@
+"""ViFi-CLIP: CLIP fine-tuned on videos, with nothing added but temporal pooling (paper Sec. 4, Fig. 3).
+
+A video [T, 3, H, W] is encoded by CLIP's image tower as T separate images; the T frame embeddings are averaged
+(temporal pooling, "embedding-level fusion"), normalised, and compared by cosine similarity with the normalised
+text embeddings of the class prompts ("a photo of a {class}."), scaled by exp(logit_scale) = 1/tau:
+
+    logits[b, c] = exp(logit_scale) * <v_b / |v_b|, t_c / |t_c|>,    v_b = mean_t image_encoder(frame_{b,t})
+
+and the loss is cross-entropy over the classes (Sec. 4, Eq. 1). Everything else is CLIP (clip_model.py) and, for the
+second stage of "bridge and prompt" (Sec. 5), learnable prompt tokens (prompts.py).
+
+Fusion variants (Sec. 4.3, Table 5), `fusion=`:
+  embedding  frame embeddings averaged, then compared with the classes (ViFi-CLIP, the default)
+  decision   each frame compared with the classes, the frame logits averaged
+  image      each frame is a training image of its own: in training, forward returns one row of logits per frame
+             ([B*T, C]) and loss() gives every frame its video's label; in evaluation a video is scored by its
+             frames' average class probability (forward returns log(mean_t softmax(frame logits)), so a softmax of
+             the output is that average). With T = 1 the three agree.
+
+What is trained, `train_mode=` (Table 1-3 rows; the authors' TRAINER.ViFi_CLIP.USE / PROMPT_MODEL):
+  both      image and text tower, and logit_scale (ViFi-CLIP; the authors' "both" trains every parameter of their
+            model, logit_scale included)
+  image     image tower only (CLIP image-FT)
+  text      text tower only (CLIP text-FT)
+  prompts   the prompt tokens only, CLIP frozen (bridge and prompt, stage 2; needs n_ctx/depth > 0)
+  none      nothing (vanilla CLIP zero-shot, or evaluating a trained model)
+The token-embedding table (clip.token_embedding) is frozen in every mode: the authors' model embeds the class
+prompts once into buffers, outside the optimizer, so their fine-tuning never updates it (and their checkpoints do
+not hold it). train_token_embedding=True unfreezes it in the modes that train the text tower. Frozen parameters
+have requires_grad=False; give the optimizer trainable_parameters(model) only, so they cost no gradient and no
+optimizer state.
+
+Class names can change at any time (set_class_names, or forward(..., class_names=...)): base classes in training,
+novel classes in evaluation, another dataset for zero-shot transfer. When no text-side parameter is being trained
+(or gradients are off), the normalised class embeddings are computed once per (class names, templates) and reused;
+the cache is keyed on the text-side parameters' storage and version counters, so an optimizer step,
+load_state_dict or .to() invalidates it by itself. (An in-place write through `.data` bypasses version counters:
+call clear_text_cache() after one.)
+
+Prompt templates, `templates=`: the authors fine-tune and evaluate with FINETUNE_TEMPLATE "a photo of a {}." and
+report vanilla CLIP zero-shot with the bare class name, ZERO_SHOT_TEMPLATE "{}". A list of templates is averaged
+(prompt ensembling: the mean of the normalised embeddings, normalised again). With learned text prompts the default
+is "{}.": the learned tokens stand where "a photo of a" stood. Underscores in class names become spaces.
+
+The authors' released checkpoints (load_authors_checkpoint, load_weights): a .pth whose "model" entry is the
+state dict of their DistributedDataParallel-wrapped model. Key mapping (after removing their "module." prefix):
+
+  authors' key                                                ours (ViFiCLIP state dict)
+  image_encoder.<k>  (conv1, class_embedding, positional_      clip.visual.<k>
+      embedding, ln_pre, transformer.resblocks.{i}.{attn,
+      ln_1, mlp, ln_2}, ln_post, proj)
+  image_encoder.VPT                                           prompts.vision.0
+  image_encoder.transformer.resblocks.{i}.VPT_shallow, i>=1   prompts.vision.{i}
+  text_encoder.<k>  (positional_embedding, transformer.       clip.<k>
+      resblocks.{i}.*, ln_final, text_projection)
+  prompt_learner.ctx                                          prompts.text.0
+  text_encoder.transformer.resblocks.{i}.VPT_shallow, i>=1    prompts.text.{i}
+  logit_scale                                                 clip.logit_scale
+  prompt_learner.complete_text_embeddings, .token_prefix,     ignored: token embeddings of *their* class prompts;
+      .token_suffix                                           ours are computed from the class names given
+  (absent)                                                    clip.token_embedding.weight, from the base CLIP
+
+Every other key is an error, and every CLIP weight but the token embeddings must be in the file. Those files also
+pickle the training config (a yacs CfgNode), so torch.load(weights_only=True) refuses them; read_checkpoint
+unpickles them with an allow-list (tensors, plain containers; the config is replaced by an empty stand-in) and
+refuses anything else by name. The released models were trained on frames normalised with ImageNet's mean/std
+(data.NORMS["imagenet"]), not CLIP's: models loaded from them carry normalization="imagenet", which classify uses.
+"""
+import copy
+import math
+import os
+import pickle
+import re
+import zipfile
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import clip_model
+import prompts as prompts_module
+from clip_model import CLIP
+from tokenizer import tokenize
+
+TRAIN_MODES = ("both", "image", "text", "prompts", "none")
+FUSIONS = ("embedding", "decision", "image")
+NORMALIZATIONS = ("clip", "imagenet")  # the pixel statistics of data.NORMS
+FINETUNE_TEMPLATE = "a photo of a {}."  # Appendix B: the handcrafted prompt of every fine-tuning experiment
+ZERO_SHOT_TEMPLATE = "{}"  # the authors' vanilla-CLIP zero-shot evaluation (their ZS_EVAL): the bare class name
+
+
+def text_tower_parameters(clip: CLIP) -> list:
+    """CLIP's text tower, token embeddings included, in a fixed order."""
+    return [clip.token_embedding.weight, clip.positional_embedding, *clip.transformer.parameters(),
+            *clip.ln_final.parameters(), clip.text_projection]
+
+
+class ViFiCLIP(nn.Module):
+    """CLIP over videos: [B, T, 3, H, W] frames -> [B, C] class logits, for the class names it holds.
+
+    clip: a clip_model.CLIP (it becomes self.clip, trained in place). The prompt arguments build self.prompts
+    (prompts.PromptLearner); with their defaults (no tokens) the model is exactly CLIP. normalization ("clip" or
+    "imagenet") records which pixel statistics the weights expect; classify() uses it."""
+
+    def __init__(self, clip: CLIP, class_names: Sequence[str], fusion: str = "embedding", train_mode: str = "both",
+                 templates: Union[str, Sequence[str], None] = None, n_ctx_text: int = 0, depth_text: int = 0,
+                 n_ctx_vision: int = 0, depth_vision: int = 0, ctx_init: Optional[str] = "a photo of a",
+                 train_token_embedding: bool = False, normalization: str = "clip"):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        self.clip = clip
+        self.prompts = prompts_module.PromptLearner(clip, n_ctx_text, depth_text, n_ctx_vision, depth_vision,
+                                                    ctx_init).to(clip.positional_embedding.device)
+        self.fusion = fusion
+        self.normalization = normalization
+        self.set_templates(templates)
+        self.set_class_names(class_names)
+        self._text_cache = {}  # (names, templates, autocast) -> (weights version, [C, D] features)
+        self.set_train_mode(train_mode, train_token_embedding)
+
+    # -- configuration ---------------------------------------------------------------------------------------------
+
+    def set_train_mode(self, mode: str, train_token_embedding: bool = False):
+        """Freeze everything a mode does not train (see the module docstring); requires_grad is the only switch."""
+        if mode not in TRAIN_MODES:
+            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {mode!r}")
+        if mode == "prompts" and not (self.prompts.has_text or self.prompts.has_vision):
+            raise ValueError("train_mode 'prompts' needs prompt tokens: set n_ctx_text/depth_text and/or "
+                             "n_ctx_vision/depth_vision (prompts.FEW_SHOT, prompts.BASE_TO_NOVEL)")
+        image, text = mode in ("both", "image"), mode in ("both", "text")
+        self.clip.visual.requires_grad_(image)
+        for p in text_tower_parameters(self.clip):
+            p.requires_grad_(text)
+        self.clip.token_embedding.requires_grad_(text and train_token_embedding)
+        self.clip.logit_scale.requires_grad_(mode == "both")
+        self.prompts.requires_grad_(mode == "prompts")
+        self.train_mode = mode
+
+    def set_class_names(self, class_names: Sequence[str]):
+        """The classes forward() scores, in label order. Nothing is retrained; their text embeddings are computed on
+        the next forward (or taken from the cache)."""
+        if isinstance(class_names, str) or len(class_names) == 0:
+            raise ValueError("class_names must be a non-empty list of names")
+        self.class_names = tuple(class_names)
+
+    def set_templates(self, templates: Union[str, Sequence[str], None]):
+        """None: "{}." with learned text prompts, else FINETUNE_TEMPLATE. A string or a list (averaged)."""
+        if templates is None:
+            templates = self.prompts.template if self.prompts.has_text else FINETUNE_TEMPLATE
+        self.templates = _as_templates(templates)
+
+    def clear_text_cache(self):
+        self._text_cache = {}
+
+    # -- text side -------------------------------------------------------------------------------------------------
+
+    def _text_side_parameters(self) -> list:
+        return text_tower_parameters(self.clip) + list(self.prompts.text)
+
+    def encode_class_prompts(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """-> [C, D] unit-norm class embeddings, averaged over the templates (prompt ensembling). No cache."""
+        names = [name.replace("_", " ") for name in class_names]
+        texts = [template.format(name) for template in templates for name in names]  # template-major
+        tokens = tokenize(texts, context_length=self.clip.context_length).to(self.clip.positional_embedding.device)
+        features = F.normalize(self.prompts.encode_text(self.clip, tokens), dim=-1)  # [K*C, D]
+        features = features.view(len(templates), len(names), -1).mean(0)  # [C, D]
+        return F.normalize(features, dim=-1)
+
+    def text_features(self, class_names: Optional[Sequence[str]] = None,
+                      templates: Union[str, Sequence[str], None] = None) -> torch.Tensor:
+        """[C, D] unit-norm class embeddings for class_names (default: the model's), through the cache when no
+        text-side parameter is being trained."""
+        names = self.class_names if class_names is None else tuple(class_names)
+        templates = self.templates if templates is None else _as_templates(templates)
+        params = self._text_side_parameters()
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self.encode_class_prompts(names, templates)  # the text tower learns from this very batch
+        device = self.clip.positional_embedding.device.type
+        key = (names, templates, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        # Any in-place update of a weight (optimizer step, load_state_dict) bumps its version counter; .to() moves
+        # its storage. Either changes this, and the cached embeddings are recomputed.
+        version = tuple((p.data_ptr(), p._version) for p in params)
+        hit = self._text_cache.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        with torch.no_grad():
+            features = self.encode_class_prompts(names, templates)
+        self._text_cache = {k: v for k, v in self._text_cache.items() if v[0] == version}  # drop stale entries
+        self._text_cache[key] = (version, features)
+        return features
+
+    # -- video side and the logits ---------------------------------------------------------------------------------
+
+    def encode_frames(self, videos: torch.Tensor) -> torch.Tensor:
+        """videos: [B, T, 3, H, W] -> [B, T, D] frame embeddings (not normalised): the T frames of every video go
+        through the image tower as B*T independent images."""
+        B, T = videos.shape[:2]
+        frames = self.prompts.encode_image(self.clip, videos.flatten(0, 1))  # [B*T, D]
+        return frames.view(B, T, -1)
+
+    def forward(self, videos: torch.Tensor, class_names: Optional[Sequence[str]] = None,
+                templates: Union[str, Sequence[str], None] = None) -> torch.Tensor:
+        """videos: [B, T, 3, H, W] -> logits [B, C] (C = number of class names). Image-level fusion in training
+        mode returns [B*T, C], one row per frame (video b's frames are rows b*T .. b*T+T-1)."""
+        B, T = videos.shape[:2]
+        frames = self.encode_frames(videos)  # [B, T, D]
+        text = self.text_features(class_names, templates)  # [C, D], unit norm
+        scale = self.clip.logit_scale.exp()  # 1 / tau of Eq. 1
+        if self.fusion == "embedding":
+            video = F.normalize(frames.mean(dim=1), dim=-1)  # [B, D]: temporal pooling, then the cosine
+            return scale * video @ text.t()  # [B, C]
+        frame_logits = scale * F.normalize(frames, dim=-1) @ text.t()  # [B, T, C]
+        if self.fusion == "decision":
+            return frame_logits.mean(dim=1)  # [B, C]
+        if self.training:  # image-level: every frame is a sample of its own
+            return frame_logits.flatten(0, 1)  # [B*T, C]
+        # log of the frames' mean probability, computed stably: softmax of this is mean_t softmax(frame_logits)
+        return torch.logsumexp(frame_logits.float().log_softmax(dim=-1), dim=1) - math.log(T)  # [B, C]
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, soft_loss=None) -> torch.Tensor:
+        """Cross-entropy over the classes (Eq. 1, averaged over the batch). targets: [B] class ids, or [B, C]
+        probabilities (mixup / label smoothing; soft_loss(logits, targets), if given, computes that case). For
+        image-level fusion in training (logits [B*T, C]) every frame gets its video's target."""
+        if logits.shape[0] != targets.shape[0]:
+            if logits.shape[0] % targets.shape[0]:
+                raise ValueError(f"{logits.shape[0]} rows of logits for {targets.shape[0]} targets")
+            targets = targets.repeat_interleave(logits.shape[0] // targets.shape[0], dim=0)
+        if targets.is_floating_point() and soft_loss is not None:
+            return soft_loss(logits, targets)
+        return F.cross_entropy(logits.float(), targets)
+
+    def extra_repr(self) -> str:
+        return (f"train_mode={self.train_mode!r}, fusion={self.fusion!r}, classes={len(self.class_names)}, "
+                f"templates={self.templates!r}, normalization={self.normalization!r}")
+
+
+def _as_templates(templates: Union[str, Sequence[str]]) -> tuple:
+    templates = (templates,) if isinstance(templates, str) else tuple(templates)
+    if not templates or any("{}" not in t for t in templates):
+        raise ValueError(f"templates must be one or more strings with a '{{}}' for the class name, got {templates!r}")
+    return templates
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# What the optimizer and the training checkpoints see
+
+
+def trainable_parameters(model: nn.Module) -> list:
+    """The parameters the train mode trains: pass these (not model.parameters()) to the optimizer, so that frozen
+    ones get no optimizer state."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def trainable_state_dict(model: nn.Module) -> dict:
+    """{name: tensor} of the trainable parameters only (a prompt run: kilobytes)."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def load_trainable_state_dict(model: nn.Module, state_dict: dict, source: str = "state dict"):
+    """The inverse of trainable_state_dict, strictly: exactly the model's trainable parameters, same shapes."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = params.keys() - state_dict.keys(), state_dict.keys() - params.keys()
+    if missing or unexpected:
+        raise ValueError(f"{source}: trainable parameters do not match this model (train mode and prompt settings "
+                         f"must be the same): missing {_short(sorted(missing))}, "
+                         f"unexpected {_short(sorted(unexpected))}")
+    for name, p in params.items():
+        if p.shape != state_dict[name].shape:
+            raise ValueError(f"{source}: {name} has shape {tuple(state_dict[name].shape)}, expected {tuple(p.shape)}")
+        p.copy_(state_dict[name])
+
+
+def _short(keys, n=8):
+    keys = list(keys)
+    return keys[:n] + ([f"... ({len(keys) - n} more)"] if len(keys) > n else [])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One of the users' own videos
+
+
+@torch.no_grad()
+def classify(model: ViFiCLIP, video_path: str, class_names: Sequence[str], num_frames: int = 8,
+             templates: Union[str, Sequence[str], None] = None) -> list:
+    """Rank class_names for the video at video_path: [(name, probability)], most likely first.
+
+    num_frames frames are taken from the centres of equal segments, resized (short side 256/224 of the model's input
+    size) and centre-cropped as in the authors' evaluation, normalised as the weights expect (model.normalization).
+    The authors evaluate with 32 frames; 8 keep a CPU quick (ViT-B/16: a few seconds on two cores)."""
+    import data  # video decoding lives in data.py; the model itself never needs it
+    size = model.clip.visual.input_resolution
+    reader = data.VideoDataset("", [(video_path, 0)], num_frames=num_frames, train=False, input_size=size,
+                               norm=model.normalization)
+    frames = reader.load(0)  # [T, 3, S, S]; raises if the video cannot be read
+    device = model.clip.positional_embedding.device
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(frames[None].to(device), class_names=class_names, templates=templates)  # [1, C]
+    finally:
+        model.train(was_training)
+    probs = logits[0].float().softmax(dim=-1).tolist()
+    return sorted(zip(class_names, probs), key=lambda pair: -pair[1])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading checkpoints that pickle more than tensors, safely
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    pass
+
+
+class DroppedConfig(dict):
+    """Stands in for the authors' pickled yacs CfgNode: it is built and filled by the unpickler, keeps nothing, and no
+    code of the original class runs."""
+
+    original_class = "yacs.config.CfgNode"
+
+    def __setitem__(self, key, value):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+# What a checkpoint may contain: tensors (torch's rebuild functions; storages are resolved by torch.load itself),
+# containers and bytes. Nothing here can run code of the file's choosing.
+_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"), ("builtins", "set"), ("builtins", "frozenset"),
+    ("_codecs", "encode"),  # how protocol 2 writes bytes objects
+}
+_DROPPED_GLOBALS = {("yacs.config", "CfgNode"): DroppedConfig}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        module = {"__builtin__": "builtins"}.get(module, module)  # Python 2 names, which protocol 2 writes
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        if (module, name) in _DROPPED_GLOBALS:
+            return _DROPPED_GLOBALS[(module, name)]
+        raise UnsafeCheckpointError(f"refusing to unpickle {module}.{name}: a checkpoint may hold only tensors, "
+                                    "plain containers and a yacs config")
+
+
+class _restricted_pickle:
+    """The pickle-module interface torch.load(pickle_module=...) uses, with the allow-list above."""
+    Unpickler = _RestrictedUnpickler
+
+    @staticmethod
+    def load(file, **kwargs):
+        return _RestrictedUnpickler(file, **kwargs).load()
+
+
+def read_checkpoint(path: str):
+    """Unpickle a checkpoint that may contain the authors' yacs config (replaced by an empty DroppedConfig) besides
+    tensors and plain containers; anything else is refused with UnsafeCheckpointError naming the file and the class.
+    Zip checkpoints are memory-mapped, so tensors that are not used (optimizer state) are never read from disk."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle,
+                          mmap=zipfile.is_zipfile(path))
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(f"{path}: {e}") from None
+    except Exception as e:  # torch, zipfile and pickle raise their own types for a damaged file
+        raise RuntimeError(f"{path}: cannot read checkpoint, the file is truncated or corrupt "
+                           f"({type(e).__name__}: {e})") from None
+
+
+def _model_entry(checkpoint) -> dict:
+    """The state dict inside a training checkpoint ({"model": ..., "optimizer": ..., ...}), or the dict itself."""
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        return checkpoint["model"]
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"not a checkpoint dict but a {type(checkpoint).__name__}")
+    return checkpoint
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The authors' checkpoints (mapping table in the module docstring)
+
+_AUTHORS_IGNORED = ("prompt_learner.complete_text_embeddings", "prompt_learner.token_prefix",
+                    "prompt_learner.token_suffix")
+_AUTHORS_DEEP_PROMPT = re.compile(r"(image|text)_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow")
+
+
+def is_authors_state_dict(state_dict: dict) -> bool:
+    return any(k.startswith(("module.image_encoder.", "image_encoder.")) for k in state_dict)
+
+
+def convert_authors_state_dict(state_dict: dict, source: str = "state dict") -> tuple:
+    """The authors' ViFiCLIP state dict -> (CLIP state dict in OpenAI's names without token_embedding.weight,
+    PromptLearner state dict, PromptLearner config). Unknown keys are an error."""
+    clip_sd, layers, unknown = {}, {"text": {}, "vision": {}}, []
+    for key, value in state_dict.items():
+        k = key[len("module."):] if key.startswith("module.") else key  # DistributedDataParallel's prefix
+        deep = _AUTHORS_DEEP_PROMPT.fullmatch(k)
+        if k in _AUTHORS_IGNORED:
+            continue
+        if k == "prompt_learner.ctx":
+            layers["text"][0] = value
+        elif k == "image_encoder.VPT":
+            layers["vision"][0] = value
+        elif deep:
+            layers["text" if deep.group(1) == "text" else "vision"][int(deep.group(2))] = value
+        elif k.startswith("image_encoder."):
+            clip_sd["visual." + k[len("image_encoder."):]] = value
+        elif k.startswith("text_encoder."):
+            clip_sd[k[len("text_encoder."):]] = value
+        elif k == "logit_scale":
+            clip_sd[k] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"{source}: keys that are not part of the authors' ViFi-CLIP: {_short(unknown)}")
+    config, prompt_sd = dict(ctx_init=None), {}
+    for tower, found in layers.items():
+        if sorted(found) != list(range(len(found))):
+            raise ValueError(f"{source}: {tower} prompts at layers {sorted(found)}; expected layers 0 .. d-1")
+        widths = {v.shape for v in found.values()}
+        if len(widths) > 1:
+            raise ValueError(f"{source}: {tower} prompts of different shapes {widths}")
+        config[f"n_ctx_{tower}"] = found[0].shape[0] if found else 0
+        config[f"depth_{tower}"] = len(found)
+        prompt_sd.update({f"{tower}.{i}": v for i, v in found.items()})
+    return clip_sd, prompt_sd, config
+
+
+def _clip_with_weights(base: Union[str, CLIP], clip_sd: dict, source: str) -> CLIP:
+    """A copy of the base CLIP with clip_sd loaded over it; everything but the token embeddings must come from
+    clip_sd."""
+    clip = clip_model.load(base) if isinstance(base, str) else copy.deepcopy(base)
+    try:
+        missing, unexpected = clip.load_state_dict(clip_sd, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise ValueError(f"{source}: weights do not fit the base CLIP's architecture: {e}") from None
+    missing = [k for k in missing if k != "token_embedding.weight"]
+    if missing or unexpected:
+        raise ValueError(f"{source}: missing CLIP weights {_short(missing)}, unexpected keys {_short(unexpected)}")
+    return clip
+
+
+def load_authors_checkpoint(path: str, class_names: Sequence[str], base: Union[str, CLIP] = "ViT-B/16",
+                            **kwargs) -> ViFiCLIP:
+    """A ViFiCLIP with the weights of one of the authors' released checkpoints (fine-tuned, or prompt-tuned: the
+    prompt settings are read off the tensors). The token embeddings come from `base` (their files do not hold them;
+    all their models are ViT-B/16). kwargs go to ViFiCLIP; defaults train_mode="none", normalization="imagenet"."""
+    clip_sd, prompt_sd, prompt_config = convert_authors_state_dict(_model_entry(read_checkpoint(path)), path)
+    clip = _clip_with_weights(base, clip_sd, source=path)
+    kwargs = dict(dict(train_mode="none", normalization="imagenet"), **kwargs)
+    model = ViFiCLIP(clip, class_names, **prompt_config, **kwargs)
+    model.prompts.load_state_dict(prompt_sd, strict=True)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Starting a model from a checkpoint, and prompt checkpoints
+
+
+@torch.no_grad()
+def load_weights(model: ViFiCLIP, path: str) -> list:
+    """Copy the weights of a checkpoint into `model` (train.py --init-from; the bridged model of bridge and prompt).
+    Accepted: the authors' checkpoints (CLIP weights, and their prompts if they have any: then the model's prompt
+    settings must match), checkpoints written by train.py or with this model's state_dict() names ("clip.*",
+    "prompts.*"), prompt checkpoints (prompts.save_prompts), and CLIP state dicts in OpenAI's names. Shapes must fit
+    and unknown keys are an error; weights the file does not have are left as they are. Returns the names loaded."""
+    checkpoint = read_checkpoint(path)
+    if isinstance(checkpoint, dict) and checkpoint.get("format") == prompts_module.PROMPT_CHECKPOINT_FORMAT:
+        state_dict = {f"prompts.{k}": v for k, v in checkpoint["prompts"].items()}
+    else:
+        state_dict = _model_entry(checkpoint)
+        if is_authors_state_dict(state_dict):
+            clip_sd, prompt_sd, _ = convert_authors_state_dict(state_dict, path)
+            state_dict = {**{f"clip.{k}": v for k, v in clip_sd.items()},
+                          **{f"prompts.{k}": v for k, v in prompt_sd.items()}}
+        elif not any(k.startswith(("clip.", "prompts.")) for k in state_dict):  # a CLIP in OpenAI's names
+            state_dict = {f"clip.{k}": v for k, v in state_dict.items() if k not in clip_model.OPENAI_METADATA_KEYS}
+    own = model.state_dict()
+    unexpected = [k for k in state_dict if k not in own]
+    if unexpected:
+        raise ValueError(f"{path}: keys this model does not have (check the prompt settings): {_short(unexpected)}")
+    for k, v in state_dict.items():
+        if own[k].shape != v.shape:
+            raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, this model's is {tuple(own[k].shape)}")
+        own[k].copy_(v)  # state_dict() tensors share storage with the parameters
+    return sorted(state_dict)
+
+
+def _load_base(ref: Union[str, CLIP]) -> tuple:
+    """-> (CLIP, normalization) for a bridged model: a CLIP, an authors' checkpoint, or anything clip_model.load
+    reads."""
+    if isinstance(ref, CLIP):
+        return ref, None
+    if os.path.isfile(ref):
+        try:
+            state_dict = _model_entry(read_checkpoint(ref))
+        except (pickle.UnpicklingError, RuntimeError, ValueError):  # TorchScript, safetensors...: clip_model's job
+            state_dict = {}
+        if is_authors_state_dict(state_dict):
+            clip_sd, _, _ = convert_authors_state_dict(state_dict, ref)  # prompts in a base are not used
+            return _clip_with_weights("ViT-B/16", clip_sd, source=ref), "imagenet"
+    return clip_model.load(ref), "clip"
+
+
+def load_prompted(path: str, class_names: Sequence[str], base: Union[str, CLIP, None] = None, verify: bool = True,
+                  **kwargs) -> ViFiCLIP:
+    """A ViFiCLIP from a prompt checkpoint (prompts.save_prompts): the bridged model it references (or `base`: a
+    name, a path or a CLIP), with the saved prompts. When the reference recorded a SHA-256 and the base is a file,
+    the file must match it (verify=False skips the check). kwargs go to ViFiCLIP (default train_mode="none")."""
+    payload = prompts_module.read_prompts(path)
+    reference = payload["base_model"]
+    base = reference["ref"] if base is None else base
+    if verify and isinstance(base, str) and os.path.isfile(base) and reference.get("sha256"):
+        actual = clip_model.sha256_of(base)
+        if actual != reference["sha256"]:
+            raise ValueError(f"{path}: its prompts were trained on {reference['ref']} (SHA-256 "
+                             f"{reference['sha256'][:12]}...), but {base} has SHA-256 {actual[:12]}...; pass "
+                             "verify=False to use it anyway")
+    clip, normalization = _load_base(base)
+    kwargs = dict(dict(train_mode="none"), **kwargs)
+    if normalization is not None:
+        kwargs.setdefault("normalization", normalization)
+    model = ViFiCLIP(clip, class_names, **payload["config"], **kwargs)
+    try:
+        model.prompts.load_state_dict(payload["prompts"], strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: prompts do not fit the base model: {e}") from None
+    return model
