@@ -292,10 +292,15 @@ def build_model(state_dict: dict, source: str = "state dict") -> CLIP:
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
     model = CLIP(**config)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in state_dict.items()
+                   if k in expected and v.shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
         raise ValueError(f"{source}: weights do not fit CLIP{config}: missing keys {_short(missing)}, "
-                         f"unexpected keys {_short(unexpected)}")
+                         f"unexpected keys {_short(unexpected)}, wrong shapes {_short(wrong_shape)}")
+    model.load_state_dict(state_dict, strict=True)
     return model.float().eval()
 
 
@@ -525,3 +530,29 @@ def to_hf_state_dict(state_dict: dict) -> dict:
                     out[prefix + old + name[len(new):]] = value
                     break
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Looking inside: attention maps
+
+
+@torch.no_grad()
+def last_layer_attention(clip: CLIP, images: torch.Tensor, prompts: Optional[torch.Tensor] = None,
+                         deep_prompts: Optional[list] = None) -> torch.Tensor:
+    """The image tower's last-layer attention weights: [N, heads, L, L], each row sums to 1 (L = 1 + patches, plus
+    the vision prompts if any). Row 0 is where the class token, which becomes the image embedding, looks; reshaped
+    over the patch grid it is an attention map like those of the paper's Fig. 4 (vanilla CLIP versus ViFi-CLIP on
+    video frames). encode_image runs unchanged: a hook catches the last block's input, and the weights are recomputed
+    from it with the block's ln_1 and in_proj parameters (scaled_dot_product_attention does not return them)."""
+    block, inputs = clip.visual.transformer.resblocks[-1], []
+    hook = block.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    try:
+        clip.encode_image(images, prompts=prompts, deep_prompts=deep_prompts)
+    finally:
+        hook.remove()
+    x = block.ln_1(inputs[-1])  # [N, L, W]
+    N, L, W = x.shape
+    heads = block.attn.heads
+    qkv = F.linear(x, block.attn.in_proj_weight, block.attn.in_proj_bias).view(N, L, 3, heads, W // heads)
+    q, k = qkv.permute(2, 0, 3, 1, 4)[:2]  # [N, heads, L, head_dim] each
+    return (q.float() @ k.float().transpose(-2, -1) * (W // heads) ** -0.5).softmax(dim=-1)

@@ -473,11 +473,17 @@ def eval_plan(w, h, input_size=224, num_crops=1):
     raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
 
 
-def train_plan(w, h, input_size=224, generator=None):
+AUGMENTATIONS = ("paper", "crop")
+
+
+def train_plan(w, h, input_size=224, generator=None, augment="paper"):
     """Training geometry and colour for a w x h video, one draw per clip (Appendix B/D, the authors' pipeline):
     short side to 256 (scaled with input_size), multi-scale crop (sides from the scales 1, .875, .75, .66 of the
     short side, width and height at most one scale apart, at one of 5 fixed positions: corners and centre) resized
     to input_size^2, horizontal flip (p .5), colour jitter (p .8), grayscale (p .2).
+    augment="crop" keeps the multi-scale crop only: for classes that a flip or a colour change turns into other
+    classes ("moving to the left", "red circle": the embedded world; SSv2's left/right classes, too, although the
+    authors flipped them). The random draws are the same either way; only their use differs.
     Returns dict(size, crops=[(x, y, cw, ch)] in source pixels, flip, jitter (None or (order, b, c, s, h)), gray)."""
     g = generator
     rand = lambda: float(torch.rand((), generator=g))
@@ -500,6 +506,8 @@ def train_plan(w, h, input_size=224, generator=None):
         b, c, s = (u(1 - JITTER[k], 1 + JITTER[k]) for k in ("brightness", "contrast", "saturation"))
         jitter = (order, b, c, s, u(-JITTER["hue"], JITTER["hue"]))
     gray = rand() < GRAYSCALE_P
+    if augment == "crop":
+        flip, jitter, gray = False, None, False
     return dict(size=input_size, crops=[(x, y, cw, ch)], flip=flip, jitter=jitter, gray=gray)
 
 
@@ -571,13 +579,14 @@ class VideoDataset(torch.utils.data.Dataset):
     """Clips of T frames for training or evaluation; see the module docstring for outputs and bad videos.
 
     samples: a list file path or [(relpath, label)]; class_names: a labels CSV path or a list (checks labels).
-    train: random segment positions + augmentation (one view); else centre positions, or num_clips views spread
+    train: random segment positions + augmentation (one view; augment="paper" or "crop", see train_plan); else
+    centre positions, or num_clips views spread
     over each segment, times num_crops (1 or 3) crops. norm: 'clip' (default) or 'imagenet' (the authors' code
     and released checkpoints). decode_threads: FFmpeg threads per video; 1 suits DataLoader workers (one per
     core), 0 (one per core) suits loading in the main process."""
 
     def __init__(self, root, samples, class_names=None, num_frames=32, train=False, input_size=224, num_clips=1,
-                 num_crops=1, norm="clip", seed=0, decode_threads=1, max_retries=10):
+                 num_crops=1, norm="clip", seed=0, decode_threads=1, max_retries=10, augment="paper"):
         if isinstance(class_names, (str, os.PathLike)):
             class_names = read_labels(class_names)
         if isinstance(samples, (str, os.PathLike)):
@@ -588,12 +597,15 @@ class VideoDataset(torch.utils.data.Dataset):
                 raise DatasetError(f"label {bad[0][1]} of {bad[0][0]} outside the {len(class_names)} classes")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}")
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
         if num_crops not in (1, 3):
             raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
         self.root, self.samples, self.class_names = root, list(samples), class_names
         self.num_frames, self.train, self.input_size = num_frames, train, input_size
         self.num_clips, self.num_crops = (1, 1) if train else (num_clips, num_crops)
         self.norm, self.seed, self.decode_threads, self.max_retries = norm, seed, decode_threads, max_retries
+        self.augment = augment
         # Shared memory: visible to (and written by) every DataLoader worker process.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._failures = torch.zeros(len(self.samples), dtype=torch.int32).share_memory_()
@@ -629,7 +641,7 @@ class VideoDataset(torch.utils.data.Dataset):
                 frames = r.get(sample_indices(r.num_frames, T, "eval", num_clips=self.num_clips))  # [C*T, h, w, 3]
         h, w = frames.shape[1:3]
         if self.train:
-            return apply_plan(frames, train_plan(w, h, S, generator=g), self.norm)
+            return apply_plan(frames, train_plan(w, h, S, generator=g, augment=self.augment), self.norm)
         plan = eval_plan(w, h, S, self.num_crops)
         views = [apply_plan(frames[c * T:(c + 1) * T], plan, self.norm) for c in range(self.num_clips)]
         return torch.cat(views) if len(views) > 1 else views[0]  # [num_clips * num_crops * T, 3, S, S]

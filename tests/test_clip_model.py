@@ -389,3 +389,39 @@ def test_prompt_hook_replaces_prompt_positions_at_deeper_layers(small_pair):
         ours.encode_image(images, prompts=prompts, deep_prompts=deep * 2)
     with pytest.raises(ValueError, match="do not fit in 77 positions"):
         ours.encode_text(texts[3:], prompts=prompts)  # that text already ends at position 76
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Attention maps (notebook 8, paper Fig. 4)
+
+
+def test_last_layer_attention_rows_sum_to_one_and_leave_encode_image_unchanged(small_pair):
+    _, ours = small_pair
+    images, _ = small_inputs()
+    with torch.no_grad():
+        before = ours.encode_image(images)
+    attention = clip_model.last_layer_attention(ours, images)
+    L = 1 + (ours.visual.input_resolution // ours.visual.patch_size) ** 2
+    assert attention.shape == (len(images), ours.visual.transformer.resblocks[-1].attn.heads, L, L)
+    assert (attention >= 0).all()
+    torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:-1]))
+    assert not ours.visual.transformer.resblocks[-1]._forward_pre_hooks  # the hook is removed
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode_image(images), before, atol=0, rtol=0)
+
+
+def test_last_layer_attention_matches_openai_attention_weights(b16_pair):
+    """The recomputed weights are those nn.MultiheadAttention returns in OpenAI's model (12 heads at ViT-B/16)."""
+    reference, ours = b16_pair
+    torch.manual_seed(5)
+    images = torch.randn(2, 3, 224, 224)
+    block, inputs = reference.visual.transformer.resblocks[-1], []
+    hook = block.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    try:
+        with torch.no_grad():
+            reference.encode_image(images)
+            x = block.ln_1(inputs[0])  # [L, N, W]: OpenAI's layout is sequence-first
+            _, expected = block.attn(x, x, x, need_weights=True, average_attn_weights=False)  # [N, heads, L, L]
+    finally:
+        hook.remove()
+    torch.testing.assert_close(clip_model.last_layer_attention(ours, images), expected, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,1070 @@
+"""The embedded default: a small synthetic world of shapes and a tiny CLIP pretrained on its still images.
+
+ViFi-CLIP's experiment is: take CLIP, pretrained on images and their captions, and carry it over to videos. This file
+builds a miniature of that experiment that runs on a laptop CPU in minutes, so that the whole method can be run, read
+and tested without OpenAI's weights or the real datasets:
+
+  1. A renderer: coloured shapes (circle, square, triangle, star, cross, ring) of two sizes on varied dark
+     backgrounds, drawn with numpy. Scenes are plain dicts, so a frame is a pure function of its scene.
+  2. An image-caption corpus: random still scenes and captions that say what is visible ("a small red circle on the
+     left."). It stands in for the 400 million image-text pairs CLIP was pretrained on. Captions never describe
+     motion: a still image shows none.
+  3. Motions: functions that turn a random object into 16 frames (moving to the left, rotating, blinking, growing, two
+     objects coming together, ...).
+  4. Three video datasets written as real H.264 .mp4 files with list files and a labels CSV, in the layout data.py
+     reads for HMDB-51 and UCF-101 (see "Datasets" below):
+       toy-k400   the source dataset, Kinetics-400's role (trained on for zero-shot transfer)
+       toy-hmdb   16 motions of an arbitrary object, HMDB-51's role (motion matters most)
+       toy-ucf    20 classes of one named object doing one thing, UCF-101's role (appearance helps more)
+  5. A tiny CLIP: clip_model.CLIP at a small size (48 px, ViT with patch 8, 4 + 4 layers of width 128, the real BPE
+     tokenizer), pretrained contrastively on the corpus by `pretrain` below. It ships in assets/ and is reached by
+     clip_model.load("miniworld-tiny").
+
+Everything is deterministic from a seed. The videos are generated on first use into a cache directory
+($VIFI_CACHE, default ~/.cache/vifi-clip), under a file lock, so several torchrun ranks can start at once.
+
+The gap between images and videos is real here: a still never shows rotating, blinking or bouncing, so words for them
+never occur in captions; some classes differ only in motion (rotating vs standing still), and some only in the order of
+their frames (growing vs shrinking), which mean pooling over frames cannot see at all (the paper's SSv2 case).
+
+Command line:
+  python miniworld.py generate [--reduced] [--root DIR]   write the video datasets (normally done on first use)
+  python miniworld.py pretrain --out assets/tiny_clip_world.pt   pretrain the tiny CLIP (about 16 minutes, 1 thread)
+  python miniworld.py show                                 print the datasets, classes and paths
+"""
+import argparse
+import fcntl
+import functools
+import hashlib
+import math
+import os
+import re
+import shutil
+import sys
+import time
+
+import av
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The vocabulary of the world
+
+# Bump when anything that changes the generated files changes: the cached world is then regenerated.
+WORLD_VERSION = 1
+
+COLOURS = {  # name -> RGB in [0, 1]; bright, so they stand out on the dark backgrounds
+    "red": (0.92, 0.12, 0.10),
+    "green": (0.15, 0.80, 0.15),
+    "blue": (0.15, 0.35, 1.00),
+    "yellow": (0.95, 0.90, 0.10),
+    "purple": (0.62, 0.18, 0.88),
+    "orange": (1.00, 0.55, 0.05),
+    "white": (0.95, 0.95, 0.95),
+    "pink": (1.00, 0.52, 0.78),
+}
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
+ROTATABLE = ("square", "triangle", "star", "cross")  # a turning circle or ring looks the same in every frame
+
+# Radii in units of the canvas side (the canvas is the unit square).
+SIZES = {"small": (0.08, 0.12), "big": (0.19, 0.25)}
+SIZE_WORDS = {"small": ("small", "little"), "big": ("big", "large")}
+
+# A 3 x 3 grid of positions: column (left, middle, right) x row (top, middle, bottom), with the phrases captions use.
+GRID = (0.2, 0.5, 0.8)
+POSITION_PHRASES = {
+    (0, 0): ("at the top left", "in the top left corner"),
+    (1, 0): ("at the top", "up at the top"),
+    (2, 0): ("at the top right", "in the top right corner"),
+    (0, 1): ("on the left", "to the left"),
+    (1, 1): ("in the middle", "in the centre"),
+    (2, 1): ("on the right", "to the right"),
+    (0, 2): ("at the bottom left", "in the bottom left corner"),
+    (1, 2): ("at the bottom", "down at the bottom"),
+    (2, 2): ("at the bottom right", "in the bottom right corner"),
+}
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rendering
+#
+# A scene is {"background": {...}, "objects": [obj, ...]}; an object is a dict with
+#   shape (one of SHAPES), rgb (3 floats), x, y (centre, canvas units, y downwards), r (radius), angle (radians),
+#   alpha (opacity in [0, 1]).
+# Shapes are drawn on a grid SUPERSAMPLE times finer than the output and averaged down: cheap anti-aliasing.
+
+SUPERSAMPLE = 2
+
+
+def random_background(rng: np.random.Generator) -> dict:
+    """A dark background: plain, a gradient, soft blotches or faint stripes, with a fixed grain."""
+    kind = ["plain", "gradient", "blotches", "stripes"][rng.integers(4)]
+    return {
+        "kind": kind,
+        "base": rng.uniform(0.02, 0.28, 3).tolist(),
+        "other": rng.uniform(0.02, 0.28, 3).tolist(),
+        "angle": float(rng.uniform(0, 2 * math.pi)),
+        "period": float(rng.uniform(0.12, 0.3)),
+        "blotches": rng.uniform(-0.08, 0.08, (4, 4, 3)).tolist(),
+        "grain_seed": int(rng.integers(2**31)),
+    }
+
+
+def render_background(bg: dict, size: int) -> np.ndarray:
+    """[size, size, 3] float32 image of a background dict."""
+    c = (np.arange(size, dtype=np.float32) + 0.5) / size
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    base, other = np.array(bg["base"], np.float32), np.array(bg["other"], np.float32)
+    along = (xx - 0.5) * math.cos(bg["angle"]) + (yy - 0.5) * math.sin(bg["angle"])  # signed distance along a direction
+    if bg["kind"] == "plain":
+        img = np.broadcast_to(base, (size, size, 3)).copy()
+    elif bg["kind"] == "gradient":
+        t = np.clip(along + 0.5, 0, 1)[..., None]
+        img = base * (1 - t) + other * t
+    elif bg["kind"] == "blotches":  # a 4 x 4 grid of offsets, bilinearly interpolated: low-frequency texture
+        grid = np.array(bg["blotches"], np.float32)
+        g = np.clip(c * 3, 0, 3 - 1e-6)
+        i0, f = g.astype(int), (g - g.astype(int))[:, None]
+        rows = grid[i0] * (1 - f[..., None]) + grid[i0 + 1] * f[..., None]  # [size, 4, 3]
+        img = base + rows[:, i0] * (1 - f[None]) + rows[:, i0 + 1] * f[None]
+    else:  # stripes
+        t = (np.sin(2 * math.pi * along / bg["period"]) > 0)[..., None]
+        img = np.where(t, base, base * 0.6 + other * 0.4)
+    grain = np.random.default_rng(bg["grain_seed"]).normal(0, 0.015, (size, size, 1)).astype(np.float32)
+    return np.clip(img + grain, 0, 1).astype(np.float32)
+
+
+def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside-test of a unit shape in its own coordinates (u right, v up, radius 1)."""
+    if shape == "circle":
+        return u * u + v * v <= 1
+    if shape == "ring":
+        d = u * u + v * v
+        return (d <= 1) & (d >= 0.5 ** 2)
+    if shape == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
+    if shape == "cross":
+        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 0.95))
+    if shape == "triangle":  # equilateral, pointing up, centred on its circumcentre: three half-planes
+        inside = np.ones(u.shape, bool)
+        for k in range(3):
+            a = math.pi / 2 + 2 * math.pi * k / 3 + math.pi / 3  # outward normal of the edge opposite vertex k
+            inside &= u * math.cos(a) + v * math.sin(a) <= 0.5
+        return inside
+    if shape == "star":  # five points: the radius goes linearly between 1 (points) and 0.45 (notches) with the angle
+        theta = np.arctan2(u, v)  # 0 at the top
+        k = np.abs(((theta / (2 * math.pi / 5)) % 1.0) - 0.5) * 2  # 1 at a point, 0 at a notch
+        return u * u + v * v <= (0.45 + 0.55 * k) ** 2
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def render(scene: dict, size: int = 64, background: np.ndarray = None) -> np.ndarray:
+    """[size, size, 3] uint8 image of a scene. `background` (render_background's output) can be passed to reuse it
+    across the frames of a video."""
+    img = render_background(scene["background"], size) if background is None else background.copy()
+    fine = size * SUPERSAMPLE
+    c = (np.arange(fine, dtype=np.float32) + 0.5) / fine
+    for obj in scene["objects"]:
+        if obj["alpha"] <= 0:
+            continue
+        # Only the object's bounding box is rasterised.
+        r = obj["r"]
+        lo = lambda p: max(int((p - r) * fine) - 1, 0)  # noqa: E731
+        hi = lambda p: min(int((p + r) * fine) + 2, fine)  # noqa: E731
+        x0, x1, y0, y1 = lo(obj["x"]), hi(obj["x"]), lo(obj["y"]), hi(obj["y"])
+        x0, y0 = x0 - x0 % SUPERSAMPLE, y0 - y0 % SUPERSAMPLE  # whole output pixels
+        x1, y1 = min(x1 + (-x1) % SUPERSAMPLE, fine), min(y1 + (-y1) % SUPERSAMPLE, fine)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        yy, xx = np.meshgrid(c[y0:y1], c[x0:x1], indexing="ij")
+        dx, dy = (xx - obj["x"]) / r, (obj["y"] - yy) / r  # v points up
+        ca, sa = math.cos(obj["angle"]), math.sin(obj["angle"])
+        u, v = ca * dx + sa * dy, -sa * dx + ca * dy  # rotate the sample points by -angle
+        m = _shape_mask(obj["shape"], u, v).astype(np.float32)
+        h, w = m.shape[0] // SUPERSAMPLE, m.shape[1] // SUPERSAMPLE
+        cover = m.reshape(h, SUPERSAMPLE, w, SUPERSAMPLE).mean(axis=(1, 3))[..., None] * obj["alpha"]
+        sl = img[y0 // SUPERSAMPLE:y0 // SUPERSAMPLE + h, x0 // SUPERSAMPLE:x0 // SUPERSAMPLE + w]
+        sl *= 1 - cover
+        sl += cover * np.array(obj["rgb"], np.float32)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def random_object(rng: np.random.Generator, colour: str = None, shape: str = None, size: str = None) -> dict:
+    """An object with the given (or random) colour name, shape and size class, at a random place in the middle
+    region, upright or at a random angle. Returned with its words (colour, size) for captions."""
+    colour = colour or list(COLOURS)[rng.integers(len(COLOURS))]
+    shape = shape or SHAPES[rng.integers(len(SHAPES))]
+    size = size or list(SIZES)[rng.integers(len(SIZES))]
+    rgb = np.clip(np.array(COLOURS[colour]) + rng.uniform(-0.05, 0.05, 3), 0, 1).tolist()
+    r = float(rng.uniform(*SIZES[size]))
+    return {"shape": shape, "rgb": rgb, "x": float(rng.uniform(0.3, 0.7)), "y": float(rng.uniform(0.3, 0.7)), "r": r,
+            "angle": float(rng.uniform(0, 2 * math.pi)) if rng.random() < 0.5 else 0.0, "alpha": 1.0,
+            "colour": colour, "size": size}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The image-caption corpus (CLIP's pretraining data in miniature)
+
+ONE_OBJECT_TEMPLATES = (
+    "a photo of a {size} {colour} {shape} {pos}.",
+    "a {size} {colour} {shape} {pos}.",
+    "a {colour} {shape} {pos}.",
+    "a photo of a {colour} {shape}.",
+    "a {colour} {shape}.",
+    "a {size} {colour} {shape}.",
+    "a {size} {shape} {pos}.",
+    "a {shape} {pos}.",
+    "a {colour} object {pos}.",
+    "something {colour} {pos}.",
+    "a photo of a {shape}.",
+    "{colour} {shape} {pos}",
+)
+
+
+TWO_OBJECT_TEMPLATES = (
+    "a {a[colour]} {a[shape]} and a {b[colour]} {b[shape]}.",
+    "a {a[colour]} {a[shape]} {a[pos]} and a {b[colour]} {b[shape]} {b[pos]}.",
+    "two objects {apart}.",
+    "a {a[colour]} {a[shape]} and a {b[colour]} {b[shape]} {apart}.",
+    "two shapes, {a[colour]} and {b[colour]}.",
+)
+DISTANCE_PHRASES = ("close together", "far apart")  # centres closer than 0.4, or not
+EMPTY_CAPTIONS = ("an empty background.", "a photo of nothing.", "an empty dark scene.")
+
+
+def caption_fragments() -> list:
+    """Every piece of text a caption is made of (templates without their slots, and every slot value): the corpus's
+    whole vocabulary, enumerated from the definitions above."""
+    templates = ONE_OBJECT_TEMPLATES + TWO_OBJECT_TEMPLATES + EMPTY_CAPTIONS
+    pieces = [re.sub(r"\{[^}]*\}", " ", t) for t in templates] + ["an"]
+    pieces += list(COLOURS) + list(SHAPES) + list(DISTANCE_PHRASES)
+    pieces += [w for words in SIZE_WORDS.values() for w in words]
+    pieces += [p for phrases in POSITION_PHRASES.values() for p in phrases]
+    return pieces
+
+
+def _articles(text: str) -> str:
+    """'a orange' -> 'an orange'."""
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)
+
+
+def _grid_cell(x: float, y: float) -> tuple:
+    """The 3 x 3 grid cell of a point (nearest of GRID in each direction)."""
+    return int(np.argmin([abs(x - g) for g in GRID])), int(np.argmin([abs(y - g) for g in GRID]))
+
+
+def random_still(rng: np.random.Generator) -> tuple:
+    """One (scene, caption) pair of the corpus. 70% one object, 25% two, 5% none. Objects sit near a cell of the 3 x 3
+    grid so that a position phrase describes them."""
+    scene = {"background": random_background(rng), "objects": []}
+    u = rng.random()
+    n = 0 if u < 0.05 else (1 if u < 0.75 else 2)
+    if n == 0:
+        return scene, EMPTY_CAPTIONS[rng.integers(len(EMPTY_CAPTIONS))]
+    cells = [tuple(c) for c in rng.permutation(list(POSITION_PHRASES))[:n]]
+    phrases = []
+    for cell in cells:
+        obj = random_object(rng)
+        if n == 2:
+            obj["r"] = min(obj["r"], 0.15)  # two big objects in neighbouring cells would overlap
+        margin = 0.8 * obj["r"]  # keep most of the object inside the canvas
+        obj["x"] = float(np.clip(GRID[cell[0]] + rng.uniform(-0.06, 0.06), margin, 1 - margin))
+        obj["y"] = float(np.clip(GRID[cell[1]] + rng.uniform(-0.06, 0.06), margin, 1 - margin))
+        scene["objects"].append(obj)
+        words = {"size": SIZE_WORDS[obj["size"]][rng.integers(2)], "colour": obj["colour"], "shape": obj["shape"],
+                 "pos": POSITION_PHRASES[cell][rng.integers(2)]}
+        phrases.append(words)
+    if n == 1:
+        template = ONE_OBJECT_TEMPLATES[rng.integers(len(ONE_OBJECT_TEMPLATES))]
+        return scene, _articles(template.format(**phrases[0]))
+    (a, b), (oa, ob) = phrases, scene["objects"]
+    apart = DISTANCE_PHRASES[0] if math.dist((oa["x"], oa["y"]), (ob["x"], ob["y"])) < 0.4 else DISTANCE_PHRASES[1]
+    template = TWO_OBJECT_TEMPLATES[rng.integers(len(TWO_OBJECT_TEMPLATES))]
+    return scene, _articles(template.format(a=a, b=b, apart=apart))
+
+
+def caption_batch(n: int, seed: int, start: int = 0, size: int = 64) -> tuple:
+    """Pairs start .. start+n-1 of the corpus of `seed`, rendered: (uint8 [n, size, size, 3], list of n strings).
+    Pair i depends only on (seed, i), so the corpus is an endless, reproducible stream."""
+    images, captions = np.empty((n, size, size, 3), np.uint8), []
+    for i in range(start, start + n):
+        rng = np.random.default_rng([seed, i])
+        scene, caption = random_still(rng)
+        images[i - start] = render(scene, size)
+        captions.append(caption)
+    return images, captions
+
+
+@functools.lru_cache(maxsize=None)
+def caption_words(n: int = 20000, seed: int = 0) -> frozenset:
+    """The words of the first n captions of the corpus (the pretraining stream is much longer, but uses no others)."""
+    words = set()
+    for i in range(n):
+        words.update(re.findall(r"[a-z]+", random_still(np.random.default_rng([seed, i]))[1]))
+    return frozenset(words)
+
+
+def unseen_words(text: str) -> list:
+    """The words of text that no caption contains: the tiny CLIP's text tower never trained their embeddings."""
+    seen = caption_words()
+    return [w for w in re.findall(r"[a-z]+", text.lower()) if w not in seen]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Motions: an object (or two) over FRAMES frames
+#
+# Each motion function takes (rng, T, spec) and returns T lists of objects (one list per frame). spec holds the class's
+# colour and shape (None: random) and, for recolouring, the two colours. Reversing a video's frames turns growing into
+# shrinking, appearing into disappearing and coming together into moving apart: those pairs differ ONLY in the order of
+# their frames, so mean pooling over frames cannot tell them apart.
+
+FRAMES = 16  # frames per video
+FPS = 8
+
+
+def _ramp(T: int, start: float, end: float) -> np.ndarray:
+    """T values going linearly from start to end."""
+    return np.linspace(start, end, T)
+
+
+def _place(obj: dict, x: float, y: float, **changes) -> dict:
+    return {**obj, "x": float(x), "y": float(y), **changes}
+
+
+def _move(rng, T, spec, axis: str, sign: int):
+    """From near the middle to near an edge: the last frames look like 'on the left', 'at the top', ..."""
+    obj = random_object(rng, spec.get("colour"), spec.get("shape"))
+    start = rng.uniform(0.42, 0.58)
+    end = 0.5 + sign * rng.uniform(0.3, 0.36)
+    end = float(np.clip(end, 0.8 * obj["r"], 1 - 0.8 * obj["r"]))
+    path = _ramp(T, start, end)
+    if axis == "x":
+        return [[_place(obj, p, obj["y"])] for p in path]
+    return [[_place(obj, obj["x"], p)] for p in path]
+
+
+def _anywhere(obj: dict, rng) -> tuple:
+    m = 0.8 * obj["r"] + 0.05
+    return rng.uniform(max(m, 0.18), min(1 - m, 0.82)), rng.uniform(max(m, 0.18), min(1 - m, 0.82))
+
+
+def _still(rng, T, spec):
+    obj = random_object(rng, spec.get("colour"), spec.get("shape"))
+    x, y = _anywhere(obj, rng)
+    return [[_place(obj, x, y)] for _ in range(T)]
+
+
+def _rotate(rng, T, spec):
+    obj = random_object(rng, spec.get("colour"), spec.get("shape") or ROTATABLE[rng.integers(len(ROTATABLE))])
+    x, y = _anywhere(obj, rng)
+    turns = rng.uniform(0.5, 1.0) * (1 if rng.random() < 0.5 else -1)
+    angles = obj["angle"] + 2 * math.pi * turns * np.linspace(0, 1, T)
+    return [[_place(obj, x, y, angle=float(a))] for a in angles]
+
+
+def _blink(rng, T, spec):
+    """On and off, 2 or 3 frames each."""
+    obj = random_object(rng, spec.get("colour"), spec.get("shape"))
+    x, y = _anywhere(obj, rng)
+    half, phase = int(rng.integers(2, 4)), int(rng.integers(6))
+    return [[_place(obj, x, y, alpha=float(((t + phase) // half) % 2 == 0))] for t in range(T)]
+
+
+def _bounce(rng, T, spec):
+    """Up and down off a floor, like a ball: y = floor - height * |sin|."""
+    obj = random_object(rng, spec.get("colour"), spec.get("shape"))
+    obj["r"] = min(obj["r"], 0.15)
+    x = rng.uniform(0.25, 0.75)
+    floor = rng.uniform(0.75, 0.85) - obj["r"] * 0.5
+    height = rng.uniform(0.35, 0.45)
+    bounces, phase = rng.uniform(1.5, 2.5), rng.uniform(0, 1)
+    t = np.linspace(0, 1, T)
+    ys = floor - height * np.abs(np.sin(math.pi * (bounces * t + phase)))
+    return [[_place(obj, x, y)] for y in ys]
+
+
+def _shake(rng, T, spec):
+    """Fast small jitter from side to side (a period of about 3 frames)."""
+    obj = random_object(rng, spec.get("colour"), spec.get("shape"))
+    x, y = _anywhere(obj, rng)
+    amp, period, phase = rng.uniform(0.05, 0.08), rng.uniform(2.6, 3.4), rng.uniform(0, 2 * math.pi)
+    return [[_place(obj, x + amp * math.sin(2 * math.pi * t / period + phase), y)] for t in range(T)]
+
+
+def _orbit(rng, T, spec):
+    """Round a circle of radius about 0.2 around a point near the middle."""
+    obj = random_object(rng, spec.get("colour"), spec.get("shape"))
+    obj["r"] = min(obj["r"], 0.13)
+    cx, cy, radius = rng.uniform(0.45, 0.55), rng.uniform(0.45, 0.55), rng.uniform(0.18, 0.24)
+    a0, turns = rng.uniform(0, 2 * math.pi), rng.uniform(0.75, 1.0) * (1 if rng.random() < 0.5 else -1)
+    angles = a0 + 2 * math.pi * turns * np.linspace(0, 1, T)
+    return [[_place(obj, cx + radius * math.cos(a), cy + radius * math.sin(a))] for a in angles]
+
+
+def _grow(rng, T, spec):
+    """From small to big: the radius goes up about fourfold."""
+    obj = random_object(rng, spec.get("colour"), spec.get("shape"))
+    x, y = rng.uniform(0.38, 0.62), rng.uniform(0.38, 0.62)
+    radii = _ramp(T, rng.uniform(0.05, 0.08), rng.uniform(0.24, 0.3))
+    return [[_place(obj, x, y, r=float(r))] for r in radii]
+
+
+def _appear(rng, T, spec):
+    """Nothing, then the object fades in over 2 or 3 frames and stays."""
+    obj = random_object(rng, spec.get("colour"), spec.get("shape"))
+    x, y = _anywhere(obj, rng)
+    start, length = rng.uniform(0.2, 0.5) * T, rng.uniform(2, 3)
+    return [[_place(obj, x, y, alpha=float(np.clip((t - start) / length, 0, 1)))] for t in range(T)]
+
+
+def _meet(rng, T, spec):
+    """Two different objects from opposite sides until they almost touch in the middle."""
+    a = random_object(rng, spec.get("colour"), spec.get("shape"))
+    b = random_object(rng, None, spec.get("shape"))
+    while b["colour"] == a["colour"]:
+        b = random_object(rng, None, spec.get("shape"))
+    a["r"], b["r"] = min(a["r"], 0.14), min(b["r"], 0.14)
+    horizontal, other = rng.random() < 0.5, rng.uniform(0.35, 0.65)
+    gap = (a["r"] + b["r"]) / 2 + 0.02  # each centre's final distance from the meeting point
+    centre = rng.uniform(0.45, 0.55)
+    pa, pb = _ramp(T, rng.uniform(0.12, 0.18), centre - gap), _ramp(T, rng.uniform(0.82, 0.88), centre + gap)
+    if horizontal:
+        return [[_place(a, p, other), _place(b, q, other)] for p, q in zip(pa, pb)]
+    return [[_place(a, other, p), _place(b, other, q)] for p, q in zip(pa, pb)]
+
+
+def _recolour(rng, T, spec):
+    """One colour fading into another over the middle half of the video."""
+    first, second = spec["colours"]
+    obj = random_object(rng, first, spec.get("shape"))
+    target = np.clip(np.array(COLOURS[second]) + rng.uniform(-0.05, 0.05, 3), 0, 1)
+    x, y = _anywhere(obj, rng)
+    frames = []
+    for t in np.linspace(0, 1, T):
+        w = float(np.clip((t - 0.25) / 0.5, 0, 1))
+        frames.append([_place(obj, x, y, rgb=((1 - w) * np.array(obj["rgb"]) + w * target).tolist())])
+    return frames
+
+
+def _reversed(motion):
+    return lambda rng, T, spec: motion(rng, T, spec)[::-1]
+
+
+MOTIONS = {
+    "left": lambda rng, T, spec: _move(rng, T, spec, "x", -1),
+    "right": lambda rng, T, spec: _move(rng, T, spec, "x", +1),
+    "up": lambda rng, T, spec: _move(rng, T, spec, "y", -1),
+    "down": lambda rng, T, spec: _move(rng, T, spec, "y", +1),
+    "still": _still,
+    "rotate": _rotate,
+    "blink": _blink,
+    "bounce": _bounce,
+    "shake": _shake,
+    "orbit": _orbit,
+    "grow": _grow,
+    "shrink": _reversed(_grow),  # order-only partner of grow
+    "appear": _appear,
+    "disappear": _reversed(_appear),  # order-only partner of appear
+    "meet": _meet,
+    "part": _reversed(_meet),  # order-only partner of meet
+    "recolour": _recolour,  # (a, b) and (b, a) are an order-only pair
+}
+
+# How each motion is told apart, for the README and the benchmark: "frame" = a single frame mostly shows it (where the
+# object is), "motion" = only several frames show it (no single frame does, but the set of frames does), "order" =
+# only the order of the frames shows it (its partner has the same frames reversed).
+MOTION_CUE = {
+    "left": "frame", "right": "frame", "up": "frame", "down": "frame",
+    "still": "motion", "rotate": "motion", "blink": "motion", "bounce": "motion", "shake": "motion", "orbit": "motion",
+    "grow": "order", "shrink": "order", "appear": "order", "disappear": "order", "meet": "order", "part": "order",
+    "recolour": "order",
+}
+
+
+def render_video(rng: np.random.Generator, spec: dict, T: int = FRAMES, size: int = 64) -> np.ndarray:
+    """uint8 [T, size, size, 3] frames of one random video of a class spec."""
+    background = random_background(rng)
+    objects = MOTIONS[spec["motion"]](rng, T, spec)
+    bg = render_background(background, size)
+    return np.stack([render({"background": background, "objects": objs}, size, background=bg) for objs in objects])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Datasets
+#
+# Class names use words the captions use wherever the class can be described by what a still shows ("moving to the
+# left": the object ends on the left; "red circle": colour and shape). Words that no still can show (rotating,
+# blinking, bouncing, shaking, growing, appearing, ...) never occur in a caption, so the tiny CLIP's text tower knows
+# nothing of them: those classes cannot be recognised zero-shot before video training. That is the image-to-video gap
+# ViFi-CLIP bridges.
+
+
+def _c(name, motion, colour=None, shape=None, colours=None):
+    spec = {"name": name, "motion": motion, "colour": colour, "shape": shape}
+    if colours:
+        spec["colours"] = colours
+    return spec
+
+
+# HMDB-51's role: what an arbitrary object (random colour, shape, size, background) does.
+TOY_HMDB = [
+    _c("moving to the left", "left"),
+    _c("moving to the right", "right"),
+    _c("moving up", "up"),
+    _c("moving down", "down"),
+    _c("standing still", "still"),
+    _c("rotating", "rotate"),
+    _c("blinking", "blink"),
+    _c("bouncing", "bounce"),
+    _c("shaking", "shake"),
+    _c("going round in a circle", "orbit"),
+    _c("growing", "grow"),
+    _c("shrinking", "shrink"),
+    _c("appearing", "appear"),
+    _c("disappearing", "disappear"),
+    _c("two objects coming together", "meet"),
+    _c("two objects moving apart", "part"),
+]
+
+# UCF-101's role: one named object doing one thing. Appearance (colour and shape) separates most classes, as it does
+# in UCF-101; the pairs that share an object are separated by motion or, for the order-only pairs, by order alone.
+TOY_UCF = [
+    _c("red circle moving up", "up", "red", "circle"),
+    _c("red circle moving down", "down", "red", "circle"),
+    _c("yellow triangle moving up", "up", "yellow", "triangle"),
+    _c("orange square moving down", "down", "orange", "square"),
+    _c("white cross moving to the left", "left", "white", "cross"),
+    _c("white cross moving to the right", "right", "white", "cross"),
+    _c("blue square rotating", "rotate", "blue", "square"),
+    _c("blue square standing still", "still", "blue", "square"),
+    _c("yellow star blinking", "blink", "yellow", "star"),
+    _c("yellow star standing still", "still", "yellow", "star"),
+    _c("purple ring bouncing", "bounce", "purple", "ring"),
+    _c("purple ring standing still", "still", "purple", "ring"),
+    _c("orange circle shaking", "shake", "orange", "circle"),
+    _c("pink star going round in a circle", "orbit", "pink", "star"),
+    _c("green triangle growing", "grow", "green", "triangle"),
+    _c("green triangle shrinking", "shrink", "green", "triangle"),
+    _c("blue circle appearing", "appear", "blue", "circle"),
+    _c("blue circle disappearing", "disappear", "blue", "circle"),
+    _c("square turning from red to blue", "recolour", None, "square", ("red", "blue")),
+    _c("square turning from blue to red", "recolour", None, "square", ("blue", "red")),
+]
+
+# Kinetics-400's role, the source for zero-shot transfer: a shape doing something, in a random colour. Every shape
+# occurs with many motions and every motion with two shapes, so neither alone names the class: training on it teaches
+# the motion words that toy-hmdb and toy-ucf use. No class name occurs in the target datasets.
+TOY_K400 = [
+    _c("square moving to the left", "left", shape="square"),
+    _c("triangle moving to the left", "left", shape="triangle"),
+    _c("triangle moving to the right", "right", shape="triangle"),
+    _c("star moving to the right", "right", shape="star"),
+    _c("star moving up", "up", shape="star"),
+    _c("cross moving up", "up", shape="cross"),
+    _c("cross moving down", "down", shape="cross"),
+    _c("square moving down", "down", shape="square"),
+    _c("square standing still", "still", shape="square"),
+    _c("triangle standing still", "still", shape="triangle"),
+    _c("triangle rotating", "rotate", shape="triangle"),
+    _c("star rotating", "rotate", shape="star"),
+    _c("star blinking", "blink", shape="star"),
+    _c("cross blinking", "blink", shape="cross"),
+    _c("cross bouncing", "bounce", shape="cross"),
+    _c("square bouncing", "bounce", shape="square"),
+    _c("square shaking", "shake", shape="square"),
+    _c("triangle shaking", "shake", shape="triangle"),
+    _c("triangle going round in a circle", "orbit", shape="triangle"),
+    _c("star going round in a circle", "orbit", shape="star"),
+    _c("star growing", "grow", shape="star"),
+    _c("cross growing", "grow", shape="cross"),
+    _c("cross shrinking", "shrink", shape="cross"),
+    _c("square shrinking", "shrink", shape="square"),
+    _c("square appearing", "appear", shape="square"),
+    _c("triangle appearing", "appear", shape="triangle"),
+    _c("triangle disappearing", "disappear", shape="triangle"),
+    _c("star disappearing", "disappear", shape="star"),
+    _c("two stars coming together", "meet", shape="star"),
+    _c("two crosses coming together", "meet", shape="cross"),
+    _c("two crosses moving apart", "part", shape="cross"),
+    _c("two squares moving apart", "part", shape="square"),
+    _c("star turning from green to yellow", "recolour", shape="star", colours=("green", "yellow")),
+    _c("cross turning from white to pink", "recolour", shape="cross", colours=("white", "pink")),
+]
+
+# name -> (classes, step, validation videos per class). Training counts are skewed: the class of frequency rank k
+# (0 = most frequent; the ranking is a seeded permutation of the classes) has MIN_TRAIN + step * (C - 1 - k) training
+# videos, all counts different, so "the most frequent half is base" (the paper's base-to-novel split) is well defined.
+# MIN_TRAIN >= 16 leaves K = 16 shots for every class.
+MIN_TRAIN = 20
+DATASETS = {
+    "toy-k400": (TOY_K400, 1, 10),
+    "toy-hmdb": (TOY_HMDB, 2, 30),
+    "toy-ucf": (TOY_UCF, 1, 30),
+}
+# The real dataset each one stands in for.
+ROLES = {"toy-k400": "kinetics400", "toy-hmdb": "hmdb51", "toy-ucf": "ucf101"}
+# The reduced world of the tests: every class, 2 training and 1 validation video each, 8 frames.
+REDUCED = {"train": 2, "val": 1, "frames": 8}
+
+
+def slug(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def train_counts(dataset: str, seed: int = 0) -> list:
+    """Training videos per class (in class order): skewed by a seeded ranking of the classes."""
+    classes, step, _ = DATASETS[dataset]
+    C = len(classes)
+    rank = np.empty(C, int)
+    rank[np.random.default_rng([seed, _dataset_index(dataset), 7]).permutation(C)] = np.arange(C)
+    return [MIN_TRAIN + step * (C - 1 - int(k)) for k in rank]
+
+
+def _dataset_index(dataset: str) -> int:
+    return list(DATASETS).index(dataset)
+
+
+def write_video(path: str, frames: np.ndarray, fps: int = FPS):
+    """Encode uint8 [T, H, W, 3] frames as H.264 (yuv420p, crf 18) in an .mp4, reproducibly: the same frames give the
+    same bytes. That needs one x264 thread and no macroblock-tree rate control (mbtree=0): with mbtree, encoding the
+    same 64 x 64 frames 30 times gave 5 different files (measured with PyAV 18 / x264 core 165)."""
+    container = av.open(path, mode="w")
+    try:
+        container.metadata.clear()
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    finally:
+        container.close()
+
+
+def _video_jobs(folder: str, seed: int, reduced: bool) -> list:
+
+    jobs, lists = [], {}
+    for dataset, (classes, _, n_val) in DATASETS.items():
+        counts = train_counts(dataset, seed)
+        lines = {"train": [], "val": []}
+        for label, spec in enumerate(classes):
+            for split, n in (("train", REDUCED["train"] if reduced else counts[label]),
+                             ("val", REDUCED["val"] if reduced else n_val)):
+                for i in range(n):
+                    rel = f"{slug(spec['name'])}/{slug(spec['name'])}_{split}_{i:03d}.mp4"
+                    key = [seed, _dataset_index(dataset), label, 0 if split == "train" else 1, i]
+                    jobs.append((os.path.join(folder, dataset, "videos", rel), key, spec,
+                                 REDUCED["frames"] if reduced else FRAMES))
+                    lines[split].append(f"{rel} {label}")
+        lists[dataset] = lines
+    return jobs, lists
+
+
+def _make_videos(jobs: list):
+    for path, key, spec, T in jobs:
+        write_video(path, render_video(np.random.default_rng(key), spec, T))
+
+
+def generate_world(folder: str, seed: int = 0, reduced: bool = False, workers: int = None):
+    """Write the three datasets into folder (which must not exist): for each dataset,
+      <dataset>/videos/<class>/<class>_<split>_<i>.mp4,  <dataset>/labels.csv (id,name),
+      <dataset>/train.txt and <dataset>/val.txt ("<class>/<file>.mp4 <label>" per line, relative to videos/),
+    and WORLD.txt, written last. The files depend only on seed and reduced, not on the number of workers."""
+    jobs, lists = _video_jobs(folder, seed, reduced)
+    for path in {os.path.dirname(j[0]) for j in jobs}:
+        os.makedirs(path, exist_ok=True)
+    workers = workers or min(len(os.sched_getaffinity(0)), 8)
+    if workers <= 1:
+        _make_videos(jobs)
+    else:  # fork: the workers need only numpy and av; the videos are split into interleaved chunks
+        import concurrent.futures
+        import multiprocessing
+        chunks = [jobs[w::workers] for w in range(workers)]
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            list(pool.map(_make_videos, chunks))
+    for dataset, (classes, _, _) in DATASETS.items():
+        with open(os.path.join(folder, dataset, "labels.csv"), "w") as f:
+            f.write("id,name\n" + "".join(f"{i},{spec['name']}\n" for i, spec in enumerate(classes)))
+        for split, lines in lists[dataset].items():
+            with open(os.path.join(folder, dataset, f"{split}.txt"), "w") as f:
+                f.write("\n".join(lines) + "\n")
+    with open(os.path.join(folder, "WORLD.txt"), "w") as f:
+        f.write(_stamp(seed, reduced))
+
+
+def _stamp(seed: int, reduced: bool) -> str:
+    return f"miniworld version {WORLD_VERSION} seed {seed} reduced {reduced}\n"
+
+
+def cache_root() -> str:
+    """$VIFI_CACHE, default ~/.cache/vifi-clip."""
+    return os.path.expanduser(os.environ.get("VIFI_CACHE", os.path.join("~", ".cache", "vifi-clip")))
+
+
+def world_dir(root: str = None, seed: int = 0, reduced: bool = False) -> str:
+    name = f"miniworld-v{WORLD_VERSION}-seed{seed}" + ("-reduced" if reduced else "")
+    return os.path.join(root or cache_root(), name)
+
+
+def ensure_world(root: str = None, seed: int = 0, reduced: bool = False, workers: int = None) -> str:
+    """The world's folder, generated first if it is missing or of another version. Safe when several processes call
+    it at once (torchrun ranks): one generates under a file lock into a temporary folder and renames it into place;
+    the others wait on the lock and find it done."""
+    folder = world_dir(root, seed, reduced)
+    stamp = os.path.join(folder, "WORLD.txt")
+
+    def ready():
+        try:
+            with open(stamp) as f:
+                return f.read() == _stamp(seed, reduced)
+        except OSError:
+            return False
+
+    if ready():
+        return folder
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with open(folder + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if ready():  # another process made it while we waited
+            return folder
+        tmp = f"{folder}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        t0 = time.time()
+        print(f"miniworld: generating {'the reduced ' if reduced else ''}video world (seed {seed}) in {folder} ...",
+              file=sys.stderr, flush=True)
+        generate_world(tmp, seed, reduced, workers)
+        if os.path.exists(folder):  # an older version, or an interrupted copy: replace it
+            shutil.rmtree(folder)
+        os.rename(tmp, folder)
+        print(f"miniworld: done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    return folder
+
+
+def dataset_paths(name: str, root: str = None, seed: int = 0, reduced: bool = False) -> dict:
+    """Where data.py finds dataset `name` (one of DATASETS), generating the world if needed:
+    {"root": video folder, "train": train list, "val": validation list, "labels": labels CSV}."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown miniworld dataset {name!r}; one of {list(DATASETS)}")
+    d = os.path.join(ensure_world(root, seed, reduced), name)
+    return {"root": os.path.join(d, "videos"), "train": os.path.join(d, "train.txt"),
+            "val": os.path.join(d, "val.txt"), "labels": os.path.join(d, "labels.csv")}
+
+
+# The paper's protocols on the world (train.py's defaults when no dataset is named): zero-shot trains on toy-k400 and
+# evaluates on these targets (Kinetics-400 -> HMDB-51, UCF-101); few-shot and base-to-novel use DEFAULT_TARGET.
+ZEROSHOT_TARGETS = ("toy-hmdb", "toy-ucf")
+DEFAULT_TARGET = "toy-hmdb"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The tiny CLIP
+#
+# clip_model.CLIP at a small size, pretrained with CLIP's own objective (symmetric InfoNCE over a batch of image-caption
+# pairs) on the corpus above. Two details matter at this size (measured, see shared notes):
+#   - the vision tower's positional embedding is redrawn with std 0.5 (OpenAI's width ** -0.5 is 0.088 here): with the
+#     small default, the untrained image features hardly carry position and position words are never learned;
+#   - a 200-step warm-up: untrained image embeddings are nearly identical, and without warm-up the text tower follows
+#     them into a constant for a while.
+# The text context is 32 tokens (a caption takes at most 20 with its start and end tokens, 22 with fillers): room for
+# the learned prompt tokens of prompts.py. Positions past 22 are never trained in pretraining (they keep their init).
+
+TINY_CLIP_NAME = "miniworld-tiny"
+TINY_CONFIG = dict(embed_dim=128, image_resolution=48, vision_layers=4, vision_width=128, vision_patch_size=8,
+                   context_length=32, vocab_size=49408, transformer_width=128, transformer_heads=2,
+                   transformer_layers=4)
+ASSET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny_clip_world.pt")
+
+
+def token_table_init(seed: int, vocab_size: int = 49408, width: int = 128):
+    """The token embedding table's initial value, N(0, 0.02), from numpy's legacy RandomState: its stream is frozen
+    across numpy versions, so the table can be rebuilt bit-exactly from the seed (see pack_checkpoint)."""
+    import torch
+    table = np.random.RandomState(seed).standard_normal((vocab_size, width)) * 0.02
+    return torch.from_numpy(table.astype(np.float32))
+
+
+def build_tiny_clip(seed: int = 0):
+    """A freshly initialised tiny CLIP (clip_model.CLIP with TINY_CONFIG), deterministic from seed."""
+    import torch
+    import clip_model
+    torch.manual_seed(seed)
+    model = clip_model.CLIP(**TINY_CONFIG)
+    with torch.no_grad():
+        model.token_embedding.weight.copy_(token_table_init(seed, TINY_CONFIG["vocab_size"],
+                                                            TINY_CONFIG["transformer_width"]))
+        model.visual.positional_embedding.normal_(0, 0.5)  # see above: the default spread is too small at this size
+    return model
+
+
+def preprocess(images: np.ndarray, resolution: int = 48):
+    """uint8 [N, H, W, 3] stills -> float [N, 3, resolution, resolution], exactly as data.py prepares an evaluation
+    frame (short side scaled to 256/224 of the input size, centre crop, CLIP's normalisation), so the stills the tiny
+    CLIP learns from are framed like the video frames it will see."""
+    import data
+    return data.apply_plan(images, data.eval_plan(images.shape[2], images.shape[1], resolution))
+
+
+# Filler tokens. Real captions are full of words that say nothing about the picture ("my", "yesterday", "#art"), and
+# CLIP's text tower learns to look past them. Ours would not: every caption here is pure description, so a word it
+# never saw (its embedding is a random initial row, as large as a learned one) would weigh as much as "red" or "left",
+# and class names such as "moving to the left" would be ruled by the random row of "moving". So each caption gets 0-2
+# random tokens inserted at random places, drawn from the vocabulary minus the captions' own tokens and minus every
+# word of every class name, and these rows are kept frozen at their initial values (their gradient is zeroed): to
+# the text tower they look exactly like the words it never saw, and it learns to ignore such words. The words of the
+# class names themselves never occur in pretraining.
+FILLER_COUNTS = (0.4, 0.35, 0.25)  # probability of inserting 0, 1, 2 filler tokens into a caption
+
+
+@functools.lru_cache(maxsize=None)
+def caption_token_ids() -> frozenset:
+    """Token ids of the corpus's captions (with start and end): the rows of the token table that pretraining trains.
+    Every other row keeps its initial value. (BPE never merges across words, so the captions' tokens are those of
+    their fragments.)"""
+    from tokenizer import default_tokenizer
+    tok = default_tokenizer()
+    ids = {tok.sot_token, tok.eot_token}
+    for piece in caption_fragments():
+        ids.update(tok.encode(piece))
+    return frozenset(ids)
+
+
+@functools.lru_cache(maxsize=None)
+def filler_token_ids():
+    """LongTensor of the filler vocabulary (see above)."""
+    import torch
+    from tokenizer import default_tokenizer
+    tok = default_tokenizer()
+    excluded = set(caption_token_ids())
+    for classes, _, _ in DATASETS.values():
+        for spec in classes:
+            for word in re.findall(r"[a-z]+", spec["name"]):
+                excluded.update(tok.encode(word))
+                excluded.update(tok.encode(word + "s"))
+    return torch.tensor([i for i in range(tok.sot_token) if i not in excluded])
+
+
+def add_filler_tokens(tokens, rng: np.random.Generator):
+    """Insert 0-2 filler tokens at random places between the start and end tokens of each row of [N, L] tokens."""
+    import torch
+    fillers = filler_token_ids()
+    out = tokens.clone()
+    for row in range(tokens.shape[0]):
+        n = int(rng.choice(len(FILLER_COUNTS), p=FILLER_COUNTS))
+        ids = tokens[row][: int(tokens[row].argmax()) + 1].tolist()  # sot ... eot
+        n = min(n, tokens.shape[1] - len(ids))
+        for _ in range(n):
+            ids.insert(int(rng.integers(1, len(ids))), int(fillers[rng.integers(len(fillers))]))
+        out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+def corpus_batch(step: int, batch: int, seed: int, fillers: bool = True):
+    """Batch `step` of the pretraining stream: (images [batch, 3, 48, 48], tokens [batch, 32])."""
+    from tokenizer import tokenize
+    images, captions = caption_batch(batch, seed, start=step * batch)
+    tokens = tokenize(captions, TINY_CONFIG["context_length"])
+    if fillers:
+        tokens = add_filler_tokens(tokens, np.random.default_rng([seed, step, 1]))
+    return preprocess(images, TINY_CONFIG["image_resolution"]), tokens
+
+
+def still_probe(model, n: int = 600, seed: int = 10**6) -> dict:
+    """Zero-shot accuracy on held-out one-object stills: colour (8-way), shape (6-way), 9-way position, size (2-way).
+    Each attribute is read by comparing captions that differ only in it."""
+    import torch
+    from tokenizer import tokenize
+    rng_items = []
+    i = 0
+    while len(rng_items) < n:
+        scene, _ = random_still(np.random.default_rng([seed, i]))
+        i += 1
+        if len(scene["objects"]) == 1:
+            rng_items.append(scene)
+    images = preprocess(np.stack([render(s) for s in rng_items]), TINY_CONFIG["image_resolution"])
+    objs = [s["objects"][0] for s in rng_items]
+    cells = [_grid_cell(o["x"], o["y"]) for o in objs]
+    cell_list = list(POSITION_PHRASES)
+    model.eval()
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+
+        def accuracy(texts_per_item, truth):
+            # texts_per_item: the candidate captions (same for every item or a function of the item)
+            correct = 0
+            cache = {}
+            for k, (texts, t) in enumerate(zip(texts_per_item, truth)):
+                key = tuple(texts)
+                if key not in cache:
+                    cache[key] = torch.nn.functional.normalize(
+                        model.encode_text(tokenize(texts, TINY_CONFIG["context_length"])), dim=-1)
+                correct += int((img[k] @ cache[key].T).argmax()) == t
+            return correct / len(truth)
+
+        colours, shapes = list(COLOURS), list(SHAPES)
+        res = {
+            "colour": accuracy([[f"a {c} object." for c in colours]] * n, [colours.index(o["colour"]) for o in objs]),
+            "shape": accuracy([[_articles(f"a {o['colour']} {s}.") for s in shapes] for o in objs],
+                              [shapes.index(o["shape"]) for o in objs]),
+            "position": accuracy([[_articles(f"a {o['colour']} {o['shape']} {POSITION_PHRASES[c][0]}.")
+                                   for c in cell_list] for o in objs], [cell_list.index(c) for c in cells]),
+            "size": accuracy([[_articles(f"a {z} {o['colour']} {o['shape']}.") for z in SIZES] for o in objs],
+                             [list(SIZES).index(o["size"]) for o in objs]),
+        }
+    return res
+
+
+def pretrain(steps: int = 1800, batch: int = 128, lr: float = 3e-4, warmup: int = 200, weight_decay: float = 0.2,
+             seed: int = 0, log_every: int = 50, probe_every: int = 300, log=print):
+    """Contrastive pretraining of the tiny CLIP on the caption corpus; returns the model (eval mode).
+
+    AdamW (betas 0.9/0.98, eps 1e-6 as OpenAI's), linear warm-up then cosine to 0, gradient clipping at 1.0, weight
+    decay only on 2-D weights that are not embeddings, logit scale learned from log(1/0.07) and clamped at log(100).
+    Zero weight decay on the token table means that rows of tokens absent from the captions get exactly zero updates
+    (Adam's step is m / (sqrt(v) + eps) with m = v = 0): pack_checkpoint relies on it."""
+    import torch
+    import torch.nn.functional as F
+    model = build_tiny_clip(seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim == 2 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim == 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+    def schedule(s):  # linear warm-up, then cosine to 0
+        return (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    frozen = torch.ones(model.vocab_size, dtype=torch.bool)  # token rows kept at their initial values
+    frozen[sorted(caption_token_ids())] = False
+    t0, running = time.time(), []
+    for step in range(steps):
+        model.train()
+        images, tokens = corpus_batch(step, batch, seed)
+        logits_per_image, logits_per_text = model(images, tokens)
+        labels = torch.arange(len(images))
+        loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        model.token_embedding.weight.grad[frozen] = 0  # filler tokens: see FILLER_COUNTS
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        running.append(loss.item())
+        if log and ((step + 1) % log_every == 0 or step + 1 == steps):
+            log(f"step {step + 1}/{steps} loss {np.mean(running):.3f} logit_scale {model.logit_scale.exp().item():.1f} "
+                f"lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f} s")
+            running = []
+        if log and probe_every and ((step + 1) % probe_every == 0 or step + 1 == steps):
+            log(f"  stills zero-shot: {still_probe(model)}")
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The shipped checkpoint
+#
+# The token table is 49408 x 128 = 6.3 M of the model's 8.5 M parameters, but the captions use only a few dozen tokens:
+# every other row still holds its initial value (zero weight decay and Adam give them exactly zero updates). So the
+# asset stores the trained rows and the seed of the initial table, and the table is rebuilt on load: 9 MB in fp32
+# instead of 34 MB (fp16 would still be 17 MB and not exact). The rebuilt state dict is checked against a SHA-256 of
+# the trained one.
+
+
+def state_dict_sha256(state_dict: dict) -> str:
+    """A hash of a state dict's names, shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        v = state_dict[k].detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(v.shape)}:{v.dtype}".encode())
+        h.update(v.numpy().tobytes())
+    return h.hexdigest()
+
+
+def pack_checkpoint(state_dict: dict, init_seed: int) -> dict:
+    """The compact form of a tiny CLIP state dict whose token table started as token_table_init(init_seed)."""
+    import torch
+    table = state_dict["token_embedding.weight"]
+    init = token_table_init(init_seed, *table.shape)
+    rows = torch.nonzero((table != init).any(dim=1)).flatten()
+    rest = {k: v.clone() for k, v in state_dict.items() if k != "token_embedding.weight"}
+    return {"format": "miniworld-tiny-clip/1", "state_dict": rest, "token_rows": rows,
+            "token_values": table[rows].clone(), "token_init_seed": init_seed,
+            "token_table_shape": list(table.shape), "sha256": state_dict_sha256(state_dict)}
+
+
+def unpack_checkpoint(packed: dict) -> dict:
+    """The full state dict (OpenAI's names) of a packed checkpoint, checked bit-exact against its hash."""
+    table = token_table_init(packed["token_init_seed"], *packed["token_table_shape"])
+    table[packed["token_rows"]] = packed["token_values"]
+    state_dict = dict(packed["state_dict"])
+    state_dict["token_embedding.weight"] = table
+    if state_dict_sha256(state_dict) != packed["sha256"]:
+        raise RuntimeError("the tiny CLIP rebuilt from the packed checkpoint does not match its hash (did numpy's "
+                           "RandomState stream change?)")
+    return state_dict
+
+
+def tiny_clip_checkpoint(asset: str = ASSET) -> str:
+    """Path of the tiny CLIP as a plain state dict file (OpenAI's names, torch.load(weights_only=True)), unpacked from
+    the shipped asset into the cache on first use. clip_model.load("miniworld-tiny") calls this."""
+    import torch
+    if not os.path.isfile(asset):
+        raise FileNotFoundError(f"{asset} is missing; build it with: python miniworld.py pretrain --out {asset}")
+    with open(asset, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    path = os.path.join(cache_root(), f"tiny_clip_world-{digest}.pt")
+    if os.path.isfile(path):
+        return path
+    os.makedirs(cache_root(), exist_ok=True)
+    state_dict = unpack_checkpoint(torch.load(asset, map_location="cpu", weights_only=True))
+    tmp = f"{path}.{os.getpid()}.tmp"
+    torch.save(state_dict, tmp)
+    os.replace(tmp, path)  # atomic: a concurrent reader sees no file or the whole file
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="write the video datasets")
+    g.add_argument("--root", default=None, help="cache folder (default $VIFI_CACHE or ~/.cache/vifi-clip)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--reduced", action="store_true", help="the tests' small world")
+    g.add_argument("--workers", type=int, default=None)
+    p = sub.add_parser("pretrain", help="pretrain the tiny CLIP on the caption corpus and write the packed checkpoint")
+    p.add_argument("--out", default=ASSET)
+    p.add_argument("--steps", type=int, default=1800)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (the shipped asset was built with 1; a busy machine also runs it fastest)")
+    sub.add_parser("show", help="print the datasets and their classes")
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        print(ensure_world(args.root, args.seed, args.reduced, args.workers))
+    elif args.command == "pretrain":
+        import torch
+        torch.set_num_threads(args.threads)
+        t0 = time.time()
+        model = pretrain(args.steps, args.batch, args.lr, seed=args.seed, log=lambda s: print(s, flush=True))
+        packed = pack_checkpoint(model.state_dict(), args.seed)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        torch.save(packed, args.out)
+        print(f"wrote {args.out}: {os.path.getsize(args.out) / 1e6:.1f} MB, {len(packed['token_rows'])} trained token "
+              f"rows, state dict sha256 {packed['sha256']}, {time.time() - t0:.0f} s", flush=True)
+    else:
+        for name, (classes, step, n_val) in DATASETS.items():
+            counts = train_counts(name)
+            print(f"{name} ({ROLES[name]}'s role): {len(classes)} classes, {sum(counts)} training videos "
+                  f"({min(counts)}-{max(counts)} per class), {n_val} validation videos per class")
+            for i, spec in enumerate(classes):
+                print(f"  {i:2d} {spec['name']:<36} {MOTION_CUE[spec['motion']]:<6} train {counts[i]}")
+
+
+if __name__ == "__main__":
+    main()

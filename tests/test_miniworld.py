@@ -1,0 +1,163 @@
+"""The embedded world (miniworld.py): the reduced world is generated in seconds, decodes through data.py with the right
+labels, is deterministic and safe to generate from two processes at once; the shipped tiny CLIP loads by name."""
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import clip_model
+import data
+import miniworld
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def file_hashes(folder):
+    """{relative path: sha256} of every file under folder."""
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reduced_world(tmp_path_factory):
+    return miniworld.ensure_world(str(tmp_path_factory.mktemp("world")), seed=0, reduced=True)
+
+
+def object_mask(frames):
+    """Pixels far from each frame's median colour (the background): [T, H, W] bool."""
+    frames = frames.astype(np.float32)
+    background = np.median(frames.reshape(len(frames), -1, 3), axis=1)[:, None, None, :]
+    return np.abs(frames - background).sum(-1) > 120
+
+
+@pytest.mark.parametrize("name", list(miniworld.DATASETS))
+def test_reduced_world_decodes_through_data_py_with_the_right_labels(reduced_world, name):
+    paths = miniworld.dataset_paths(name, root=os.path.dirname(reduced_world), reduced=True)
+    classes = miniworld.DATASETS[name][0]
+    names = data.read_labels(paths["labels"])
+    assert names == [spec["name"] for spec in classes]
+    for split, per_class in (("train", miniworld.REDUCED["train"]), ("val", miniworld.REDUCED["val"])):
+        samples = data.read_list(paths[split], len(names))
+        assert len(samples) == per_class * len(names)
+        for rel, label in samples:  # the label is the class whose folder holds the file
+            assert rel.split("/")[0] == miniworld.slug(names[label])
+        ds = data.VideoDataset(paths["root"], paths[split], paths["labels"], num_frames=8, train=False, input_size=48)
+        for i in range(0, len(ds), max(1, len(ds) // 6)):
+            clip, label, index, ok = ds[i]
+            assert ok and index == i and label == samples[i][1]
+            assert clip.shape == (8, 3, 48, 48) and torch.isfinite(clip).all()
+
+
+def test_the_pixels_show_the_label(reduced_world):
+    """Decoded through data.py, 'moving to the left' moves left, 'growing' grows, 'blinking' vanishes and comes back."""
+    paths = miniworld.dataset_paths("toy-hmdb", root=os.path.dirname(reduced_world), reduced=True)
+    names = data.read_labels(paths["labels"])
+    by_name = {names[label]: rel for rel, label in data.read_list(paths["val"], len(names))}
+    T = miniworld.REDUCED["frames"]
+    decode = lambda name: data.decode_frames(os.path.join(paths["root"], by_name[name]), list(range(T)))  # noqa: E731
+    mask = object_mask(decode("moving to the left"))
+    xs = [np.nonzero(m)[1].mean() for m in mask]
+    assert xs[-1] < xs[0] - 10  # pixels of a 64-pixel frame
+    area = object_mask(decode("growing")).sum(axis=(1, 2))
+    assert area[-1] > 4 * area[0]
+    area = object_mask(decode("blinking")).sum(axis=(1, 2))
+    assert area.min() == 0 and area.max() > 20
+
+
+def test_same_seed_same_files_whatever_the_workers(tmp_path, reduced_world):
+    one = miniworld.ensure_world(str(tmp_path / "a"), seed=0, reduced=True, workers=1)
+    reference = file_hashes(reduced_world)  # made with the default number of workers
+    assert file_hashes(one) == reference
+    other = file_hashes(miniworld.ensure_world(str(tmp_path / "b"), seed=1, reduced=True))
+    videos = [k for k in reference if k.endswith(".mp4")]
+    assert len(videos) > 100 and all(other[k] != reference[k] for k in videos)
+
+
+def test_two_processes_at_once_make_one_world(tmp_path):
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import miniworld; "
+            "print(miniworld.ensure_world(sys.argv[2], seed=3, reduced=True, workers=1))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, ROOT, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    folders = {out.strip() for out, _ in outs}
+    assert folders == {miniworld.world_dir(str(tmp_path), seed=3, reduced=True)}
+    assert sum("generating" in err for _, err in outs) == 1  # the second waited on the lock and found it done
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(f) for f in folders] +
+                                                  [os.path.basename(f) + ".lock" for f in folders])
+    folder = folders.pop()
+    for name in miniworld.DATASETS:
+        paths = miniworld.dataset_paths(name, root=str(tmp_path), seed=3, reduced=True)
+        for rel, _ in data.read_list(paths["val"]):
+            assert os.path.getsize(os.path.join(paths["root"], rel)) > 0
+    assert open(os.path.join(folder, "WORLD.txt")).read() == miniworld._stamp(3, True)
+
+
+def test_a_world_of_another_version_is_regenerated(tmp_path, monkeypatch):
+    folder = miniworld.ensure_world(str(tmp_path), reduced=True)
+    with open(os.path.join(folder, "WORLD.txt"), "w") as f:
+        f.write("miniworld version 0\n")  # as if an older miniworld.py had written it
+    assert miniworld.ensure_world(str(tmp_path), reduced=True) == folder
+    assert open(os.path.join(folder, "WORLD.txt")).read() == miniworld._stamp(0, True)
+
+
+def test_the_caption_corpus_is_deterministic_and_names_what_it_shows():
+    a_images, a_captions = miniworld.caption_batch(16, seed=0, start=100)
+    b_images, b_captions = miniworld.caption_batch(4, seed=0, start=104)
+    assert np.array_equal(a_images[4:8], b_images) and a_captions[4:8] == b_captions
+    words = miniworld.caption_words()
+    for vocabulary in (miniworld.COLOURS, miniworld.SHAPES):
+        assert set(vocabulary) <= words
+    # Class names that a still can describe use caption words only (apart from "moving"); motion words are unseen.
+    assert miniworld.unseen_words("red circle moving to the left") == ["moving"]
+    assert miniworld.unseen_words("rotating") == ["rotating"]
+
+
+def test_pack_unpack_is_bit_exact():
+    model = miniworld.build_tiny_clip(seed=5)
+    state_dict = {k: v.clone() for k, v in model.state_dict().items()}
+    state_dict["token_embedding.weight"][[3, 320, 49407]] += 0.25
+    packed = miniworld.pack_checkpoint(state_dict, init_seed=5)
+    assert packed["token_rows"].tolist() == [3, 320, 49407]
+    rebuilt = miniworld.unpack_checkpoint(packed)
+    assert rebuilt.keys() == state_dict.keys()
+    assert all(torch.equal(rebuilt[k], state_dict[k]) for k in state_dict)
+    packed["token_values"][0, 0] += 1e-6
+    with pytest.raises(RuntimeError, match="does not match"):
+        miniworld.unpack_checkpoint(packed)
+
+
+def test_pretraining_is_deterministic():
+    run = lambda: miniworld.pretrain(steps=2, batch=8, warmup=1, seed=0, log=None)  # noqa: E731
+    assert miniworld.state_dict_sha256(run().state_dict()) == miniworld.state_dict_sha256(run().state_dict())
+
+
+def test_the_shipped_tiny_clip_loads_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIFI_CACHE", str(tmp_path))
+    assert os.path.getsize(miniworld.ASSET) <= 15 * 2**20
+    packed = torch.load(miniworld.ASSET, map_location="cpu", weights_only=True)
+    model = clip_model.load(miniworld.TINY_CLIP_NAME)
+    state_dict = model.state_dict()
+    assert miniworld.state_dict_sha256(state_dict) == packed["sha256"]
+    assert clip_model.model_config(state_dict) == miniworld.TINY_CONFIG
+    path = miniworld.tiny_clip_checkpoint()  # the unpacked file is cached: a second call reuses it
+    assert os.path.dirname(path) == str(tmp_path) and miniworld.tiny_clip_checkpoint() == path
+    # It has learned its world: a red circle's still is closer to "a red circle." than to other colours.
+    scene = {"background": miniworld.random_background(np.random.default_rng(0)),
+             "objects": [dict(miniworld.random_object(np.random.default_rng(1), "red", "circle", "big"),
+                              x=0.5, y=0.5)]}
+    image = miniworld.preprocess(miniworld.render(scene)[None])
+    texts = [f"a {c} circle." for c in miniworld.COLOURS]
+    from tokenizer import tokenize
+    with torch.no_grad():
+        logits, _ = model(image, tokenize(texts, context_length=state_dict["positional_embedding"].shape[0]))
+    assert texts[int(logits.argmax())] == "a red circle."

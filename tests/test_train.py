@@ -1,0 +1,257 @@
+"""train.py end to end on the reduced embedded world: every setting, exact resume, 2 processes = 1 process, exact
+evaluation counts, and the errors a user meets before any compute is spent.
+
+The CLIP here has the tiny world model's architecture with random weights: what is tested is the machinery, not what
+it learns (benchmarks/small_world_results.py measures that).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import clip_model
+import data
+import miniworld
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("world"))
+    miniworld.ensure_world(root, reduced=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("clip") / "tiny.pt"
+    torch.save(clip_model.CLIP(**miniworld.TINY_CONFIG).state_dict(), path)
+    return str(path)
+
+
+def run(out, world, clip, *args):
+    """train.main in this process, on the reduced world, one epoch unless told otherwise."""
+    argv = ["--reduced-world", "--data-root", world, "--clip", clip, "--workers", "0", "--out", str(out),
+            "--epochs", "1", *map(str, args)]
+    return train.main(argv)
+
+
+def weights(out, name="last.pt"):
+    return torch.load(os.path.join(out, name), weights_only=True)["model"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every setting
+
+
+def test_fewshot(world, tiny_clip, tmp_path):
+    metrics = run(tmp_path, world, tiny_clip, "--setting", "fewshot", "--k", "2")
+    report = metrics["reports"]["toy-hmdb val"]
+    assert report["videos"] == len(miniworld.TOY_HMDB) and report["unreadable"] == 0
+    assert 0 <= metrics["summary"]["top1"] <= 100
+    on_disk = json.load(open(tmp_path / "metrics.json"))
+    assert on_disk["summary"] == pytest.approx(metrics["summary"])
+    assert on_disk["config"]["setting"] == "fewshot" and on_disk["code_version"]
+    assert len(open(tmp_path / "log.jsonl").readlines()) == 1
+    assert os.path.isfile(tmp_path / "best.pt") and os.path.isfile(tmp_path / "config.json")
+
+
+def test_base2novel_reports_base_novel_and_harmonic_mean(world, tiny_clip, tmp_path):
+    metrics = run(tmp_path, world, tiny_clip, "--setting", "base2novel", "--k", "2")
+    s = metrics["summary"]
+    assert set(metrics["reports"]) == {"base", "novel"}
+    half = len(miniworld.TOY_HMDB) // 2
+    assert metrics["reports"]["base"]["num_classes"] == half
+    assert metrics["reports"]["novel"]["num_classes"] == len(miniworld.TOY_HMDB) - half
+    expected_hm = 0.0 if s["base"] + s["novel"] == 0 else 2 * s["base"] * s["novel"] / (s["base"] + s["novel"])
+    assert s["hm"] == pytest.approx(expected_hm)
+
+
+def test_zeroshot_trains_on_source_and_evaluates_every_target(world, tiny_clip, tmp_path):
+    metrics = run(tmp_path, world, tiny_clip, "--setting", "zeroshot", "--max-steps", "1")
+    assert set(metrics["reports"]) == set(miniworld.ZEROSHOT_TARGETS)
+    for target in miniworld.ZEROSHOT_TARGETS:
+        assert f"{target}_top1_mean" in metrics["summary"] and f"{target}_top1_std" in metrics["summary"]
+
+
+def test_fully_supervised_evaluates_multi_view_and_single_view(world, tiny_clip, tmp_path):
+    metrics = run(tmp_path, world, tiny_clip, "--setting", "fully", "--max-steps", "1", "--num-clips", "2",
+                  "--num-crops", "3")
+    assert set(metrics["reports"]) == {"toy-k400 val", "toy-k400 val (1 view)"}
+    assert metrics["reports"]["toy-k400 val"]["videos"] == len(miniworld.TOY_K400)
+
+
+def test_vanilla_zero_shot_evaluation_only(world, tiny_clip, tmp_path):
+    metrics = run(tmp_path, world, tiny_clip, "--setting", "fewshot", "--k", "2", "--train", "none")
+    assert metrics["history"] == [] and metrics["config"]["template"] == "{}"
+    assert not os.path.exists(tmp_path / "last.pt")
+
+
+def test_bridge_and_prompt_from_a_fine_tuned_model(world, tiny_clip, tmp_path):
+    run(tmp_path / "bridge", world, tiny_clip, "--setting", "fewshot", "--k", "2")
+    metrics = run(tmp_path / "prompt", world, tiny_clip, "--setting", "fewshot", "--k", "2", "--train", "prompts",
+                  "--init-from", tmp_path / "bridge" / "best.pt", "--n-ctx-text", "2", "--n-ctx-vision", "2",
+                  "--depth-text", "2", "--depth-vision", "2")
+    saved = weights(tmp_path / "prompt")
+    assert saved and all(k.startswith("prompts.") for k in saved)  # only the prompts are stored
+    assert sum(v.numel() for v in saved.values()) == 2 * 2 * 2 * 128
+    assert metrics["config"]["lr"] == train.PROMPT_DEFAULTS["fewshot"]["lr"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Nothing lost: a run stopped halfway and resumed ends with the same weights
+
+
+def test_resume_mid_epoch_ends_with_identical_weights(world, tiny_clip, tmp_path):
+    common = ("--setting", "fewshot", "--k", "2", "--epochs", "2", "--batch-size", "8")  # 4 steps per epoch
+    run(tmp_path / "straight", world, tiny_clip, *common)
+    run(tmp_path / "stopped", world, tiny_clip, *common, "--max-steps", "6")  # stops in the middle of epoch 2
+    stopped = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)["state"]
+    assert (stopped["epoch"], stopped["step_in_epoch"], stopped["step"]) == (1, 2, 6)
+    run(tmp_path / "stopped", world, tiny_clip, *common, "--resume")
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "stopped")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous checkpoint intact and no partial file under the real name."""
+    path = str(tmp_path / "last.pt")
+    train.atomic_save({"x": torch.ones(2)}, path)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.atomic_save({"x": torch.zeros(2)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Distributed: 2 gloo processes equal 1 process with the same effective batch; evaluation counts every video once
+
+
+def custom_dataset(world, tmp_path, val_count=15, corrupt=False):
+    """toy-hmdb of the reduced world as a custom dataset, with an odd number of validation videos."""
+    paths = miniworld.dataset_paths("toy-hmdb", world, reduced=True)
+    names = data.read_labels(paths["labels"])
+    val = data.read_list(paths["val"], len(names))[:val_count]
+    train_samples = data.read_list(paths["train"], len(names))
+    if corrupt:  # one unreadable video in each list
+        bad = tmp_path / "videos"
+        bad.mkdir(exist_ok=True)
+        (bad / "broken.mp4").write_bytes(b"\x00not a video" * 100)
+        os.symlink(paths["root"], bad / "world")
+        train_samples = [(f"world/{p}", y) for p, y in train_samples] + [("broken.mp4", 0)]
+        val = [(f"world/{p}", y) for p, y in val] + [("broken.mp4", 1)]
+        root = str(bad)
+    else:
+        root = paths["root"]
+    data.write_list(tmp_path / "train.txt", train_samples)
+    data.write_list(tmp_path / "val.txt", val)
+    return ["--dataset", "custom", "--data-root", root, "--train-list", str(tmp_path / "train.txt"),
+            "--val-list", str(tmp_path / "val.txt"), "--labels", paths["labels"]]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process(world, tiny_clip, tmp_path):
+    dataset = custom_dataset(world, tmp_path)
+    common = ["--setting", "fewshot", "--k", "2", "--clip", tiny_clip, "--workers", "0", "--epochs", "1",
+              "--batch-size", "16", "--micro-batch", "4", *dataset]
+    one = train.main([*common, "--out", str(tmp_path / "one")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", os.path.join(ROOT, "train.py"), *common, "--out", str(tmp_path / "two")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = json.load(open(tmp_path / "two" / "metrics.json"))
+    assert one["config"]["micro_batch"] * 2 * 2 == two["config"]["micro_batch"] * 2 * 2  # batch 16 both ways
+    assert "4 x 2 processes x 2 accumulation" in result.stdout and two["world_size"] == 2
+    # Every one of the 15 validation videos counted exactly once by the two processes together.
+    assert two["reports"]["val"]["videos"] == one["reports"]["val"]["videos"] == 15
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name in a:  # same samples per step; only the order of floating-point sums differs
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert two["reports"]["val"]["top1"] == pytest.approx(one["reports"]["val"]["top1"])
+
+
+def test_unreadable_videos_never_stop_training_and_count_as_wrong(world, tiny_clip, tmp_path):
+    dataset = custom_dataset(world, tmp_path, val_count=5, corrupt=True)
+    metrics = train.main(["--setting", "fewshot", "--k", "2", "--clip", tiny_clip, "--workers", "0",
+                          "--epochs", "1", "--batch-size", "8", *dataset, "--out", str(tmp_path / "out")])
+    report = metrics["reports"]["val"]
+    assert report["videos"] == 6 and report["unreadable"] == 1  # in the denominator, reported
+    # The broken training video is drawn only if the K-shot sample picked it: count is reported either way.
+    assert "unreadable_videos" in metrics["history"][0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Clear errors before training starts
+
+
+def test_unknown_setting_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--setting", "semi"])
+    assert "invalid choice: 'semi'" in capsys.readouterr().err
+
+
+def test_k_larger_than_a_class_is_refused(world, tiny_clip, tmp_path):
+    with pytest.raises(ValueError, match="fewer than"):
+        run(tmp_path, world, tiny_clip, "--setting", "fewshot", "--k", "4")  # the reduced world has 2 per class
+
+
+def test_labels_outside_the_csv_are_refused(world, tiny_clip, tmp_path):
+    dataset = custom_dataset(world, tmp_path)
+    with open(tmp_path / "val.txt", "a") as f:
+        f.write("some/video.mp4 99\n")
+    with pytest.raises(data.DatasetError, match=r"val\.txt:16: label 99 outside the 16 classes"):
+        train.main(["--setting", "fewshot", "--k", "2", "--clip", tiny_clip, *dataset, "--out", str(tmp_path)])
+
+
+def test_missing_data_root_is_refused(tiny_clip, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--data-root /no/such/folder"):
+        train.main(["--dataset", "hmdb51", "--data-root", "/no/such/folder", "--clip", tiny_clip,
+                    "--out", str(tmp_path)])
+
+
+def test_weights_that_do_not_fit_are_refused(world, tiny_clip, tmp_path):
+    state_dict = torch.load(tiny_clip, weights_only=True)
+    state_dict["visual.proj"] = torch.zeros(3, 3)
+    torch.save(state_dict, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match=r"wrong\.pt: clip\.visual\.proj has shape \(3, 3\)"):
+        run(tmp_path, world, tiny_clip, "--init-from", tmp_path / "wrong.pt", "--k", "2")
+    with pytest.raises(ValueError, match=r"wrong\.pt: weights do not fit"):
+        run(tmp_path, world, str(tmp_path / "wrong.pt"), "--k", "2")
+
+
+def test_batch_that_does_not_divide_is_refused(world, tiny_clip, tmp_path):
+    with pytest.raises(ValueError, match="--batch-size 10 is not a multiple of --micro-batch 4"):
+        run(tmp_path, world, tiny_clip, "--k", "2", "--batch-size", "10", "--micro-batch", "4")
+
+
+def test_defaults_follow_the_paper_per_setting():
+    cfg = train.parse_args(["--setting", "zeroshot", "--dataset", "k400"])
+    assert (cfg.frames, cfg.epochs, cfg.batch_size, cfg.lr, cfg.clip) == (32, 10, 256, 8e-6, "ViT-B/16")
+    cfg = train.parse_args(["--setting", "fully", "--dataset", "k400"])
+    assert (cfg.frames, cfg.epochs, cfg.batch_size, cfg.lr, cfg.num_clips, cfg.num_crops) == (16, 30, 512, 22e-6, 4, 3)
+    cfg = train.parse_args(["--setting", "fewshot", "--dataset", "hmdb51"])
+    assert (cfg.frames, cfg.batch_size, cfg.lr, cfg.mixup, cfg.cutmix, cfg.label_smoothing) == (32, 64, 2e-6, .8, 1, .1)
+    cfg = train.parse_args(["--setting", "base2novel", "--dataset", "hmdb51", "--train", "prompts"])
+    assert (cfg.lr, cfg.n_ctx_text, cfg.depth_vision) == (8e-3, 16, 9)
+    cfg = train.parse_args(["--setting", "fewshot", "--dataset", "hmdb51", "--train", "prompts", "--lr", "1e-3"])
+    assert (cfg.lr, cfg.n_ctx_vision, cfg.depth_text) == (1e-3, 10, 12)  # an explicit flag wins
+    assert train.parse_args([]).clip == clip_model.TINY_MODEL_NAME
