@@ -473,7 +473,7 @@ def eval_plan(w, h, input_size=224, num_crops=1):
     raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
 
 
-AUGMENTATIONS = ("paper", "crop")
+AUGMENTATIONS = ("paper", "crop", "none")
 
 
 def train_plan(w, h, input_size=224, generator=None, augment="paper"):
@@ -483,8 +483,11 @@ def train_plan(w, h, input_size=224, generator=None, augment="paper"):
     to input_size^2, horizontal flip (p .5), colour jitter (p .8), grayscale (p .2).
     augment="crop" keeps the multi-scale crop only: for classes that a flip or a colour change turns into other
     classes ("moving to the left", "red circle": the embedded world; SSv2's left/right classes, too, although the
-    authors flipped them). The random draws are the same either way; only their use differs.
+    authors flipped them). augment="none" uses the evaluation geometry (centre crop), so only the random frame
+    positions vary: for tiny frames, where a corner crop can cut the moving object out of the picture.
     Returns dict(size, crops=[(x, y, cw, ch)] in source pixels, flip, jitter (None or (order, b, c, s, h)), gray)."""
+    if augment == "none":
+        return dict(eval_plan(w, h, input_size), flip=False, jitter=None, gray=False)
     g = generator
     rand = lambda: float(torch.rand((), generator=g))
     r = int(256 / 224 * input_size) / min(w, h)  # source -> resized-to-256 scale
