@@ -73,7 +73,7 @@ class Config:
     n_ctx_vision: Optional[int] = None
     depth_text: Optional[int] = None
     depth_vision: Optional[int] = None
-    init_from: str = ""                 # a checkpoint whose weights start this run (bridge and prompt: the bridged model)
+    init_from: str = ""                 # weights to start from (bridge and prompt: the bridged model)
     # optimisation (defaults from the paper's Appendix B and the authors' configs, per setting)
     frames: Optional[int] = None
     epochs: Optional[int] = None
@@ -152,7 +152,8 @@ def resolve_defaults(cfg: Config) -> Config:
     defaults = {}
     for layer in layers:
         defaults.update(layer)
-    defaults.update(n_ctx_text=0, n_ctx_vision=0, depth_text=0, depth_vision=0) if cfg.train != "prompts" else None
+    if cfg.train != "prompts":
+        defaults.update(n_ctx_text=0, n_ctx_vision=0, depth_text=0, depth_vision=0)
     defaults["clip"] = clip_model.TINY_MODEL_NAME if world else "ViT-B/16"
     if cfg.train == "none" and not cfg.init_from:
         defaults["template"] = vifi.ZERO_SHOT_TEMPLATE  # the authors' vanilla CLIP zero-shot: the bare class name
@@ -168,8 +169,9 @@ def resolve_defaults(cfg: Config) -> Config:
 
 def parse_args(argv=None) -> Config:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    choices = dict(augment=list(data.AUGMENTATIONS), setting=["zeroshot", "base2novel", "fewshot", "fully"], train=list(vifi.TRAIN_MODES),
-                   fusion=list(vifi.FUSIONS), precision=["fp32", "bf16", "fp16"], normalization=["clip", "imagenet"],
+    choices = dict(setting=["zeroshot", "base2novel", "fewshot", "fully"], train=list(vifi.TRAIN_MODES),
+                   augment=list(data.AUGMENTATIONS), fusion=list(vifi.FUSIONS), precision=["fp32", "bf16", "fp16"],
+                   normalization=["clip", "imagenet"],
                    dataset=["miniworld", "hmdb51", "ucf101", "ssv2", "k400", "k600", "custom"], k=[2, 4, 8, 16],
                    split=[1, 2, 3])
     for f in dataclasses.fields(Config):
@@ -211,6 +213,8 @@ def setup_runtime(cfg: Config) -> Runtime:
         device = torch.device(cfg.device)
     else:
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
     cores = max(1, len(os.sched_getaffinity(0)) // world_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -441,8 +445,6 @@ def cosine_lr(step: int, total_steps: int, warmup_steps: int) -> float:
 
 def autocast(cfg: Config, device: torch.device):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    if dtype is torch.float16 and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -472,8 +474,8 @@ def atomic_save(obj, path: str):
 def rng_states() -> dict:
     """Every random generator's state, in types that torch.load(weights_only=True) accepts."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    states = dict(python=random.getstate(), numpy=(kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-                  torch=torch.get_rng_state())
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+    states = dict(python=random.getstate(), numpy=numpy_state, torch=torch.get_rng_state())
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -548,7 +550,8 @@ def accuracy_report(results, num_classes: int) -> dict:
 
 
 def summarize(cfg: Config, reports: dict) -> dict:
-    """The setting's headline figures: base/novel harmonic mean (Table 2), mean ± std over zero-shot splits (Table 1)."""
+    """The setting's headline figures: base/novel harmonic mean (Table 2), mean ± std over zero-shot splits
+    (Table 1)."""
     summary = {}
     if cfg.setting == "base2novel" and {"base", "novel"} <= reports.keys():
         b, n = reports["base"]["top1"], reports["novel"]["top1"]

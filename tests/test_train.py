@@ -238,6 +238,18 @@ def test_weights_that_do_not_fit_are_refused(world, tiny_clip, tmp_path):
         run(tmp_path, world, str(tmp_path / "wrong.pt"), "--k", "2")
 
 
+def test_bf16_autocast_and_activation_checkpointing_train(world, tiny_clip, tmp_path):
+    metrics = run(tmp_path, world, tiny_clip, "--k", "2", "--precision", "bf16",
+                  "--grad-checkpointing")
+    assert metrics["history"][0]["loss"] > 0
+    assert all(v.dtype == torch.float32 for v in weights(tmp_path).values())  # fp32 master weights
+
+
+def test_fp16_without_cuda_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="--precision fp16 needs a CUDA device"):
+        train.main(["--precision", "fp16", "--device", "cpu", "--out", str(tmp_path)])
+
+
 def test_batch_that_does_not_divide_is_refused(world, tiny_clip, tmp_path):
     with pytest.raises(ValueError, match="--batch-size 10 is not a multiple of --micro-batch 4"):
         run(tmp_path, world, tiny_clip, "--k", "2", "--batch-size", "10", "--micro-batch", "4")
