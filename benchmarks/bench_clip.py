@@ -17,15 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import clip_model  # noqa: E402
+import data  # noqa: E402
 import tokenizer  # noqa: E402
 from conftest import _load_openai_module  # noqa: E402  (OpenAI's clip/model.py, loaded without its __init__)
 
-HMDB51 = ["brush_hair", "cartwheel", "catch", "chew", "clap", "climb", "climb_stairs", "dive", "draw_sword", "dribble",
-          "drink", "eat", "fall_floor", "fencing", "flic_flac", "golf", "handstand", "hit", "hug", "jump", "kick",
-          "kick_ball", "kiss", "laugh", "pick", "pour", "pullup", "punch", "push", "pushup", "ride_bike",
-          "ride_horse", "run", "shake_hands", "shoot_ball", "shoot_bow", "shoot_gun", "sit", "situp", "smile",
-          "smoke", "somersault", "stand", "swing_baseball", "sword", "sword_exercise", "talk", "throw", "turn",
-          "walk", "wave"]
+HMDB51 = data.read_labels(os.path.join(ROOT, "splits", "labels", "hmdb_51_labels.csv"))  # 51 names
 
 
 def best_time(fn, repeats):

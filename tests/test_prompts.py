@@ -18,14 +18,7 @@ SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=4, vision_width=64
 NAMES = ["brush hair", "cartwheel", "ride bike"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation, which on a busy 2-core machine
-    was measured to make each forward pass 200x slower (1 ms -> 0.2 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -28,14 +28,7 @@ NOVEL = ["kiss", "pour", "shoot bow"]
 DEEP = dict(n_ctx_text=5, depth_text=3, n_ctx_vision=2, depth_vision=2)  # on every layer but one; 5 > 4 words: random
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation, which on a busy 2-core machine
-    was measured to make each forward pass 200x slower (1 ms -> 0.2 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
 
 TEXT_TOWER = ("positional_embedding", "transformer.", "ln_final.", "text_projection")
 EXPECTED_TRAINED = {  # which of the model's parameters each mode trains, by name
