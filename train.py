@@ -686,7 +686,9 @@ def train(cfg: Config, rt: Runtime) -> dict:
             f"{steps_per_epoch} steps/epoch, {total_steps} steps")
     loop = TrainLoop(model, net, optimizer, scheduler, scaler, dataset, sampler, cfg, rt, accumulation,
                      len(train_split.class_names))
+    last_evaluation = None  # (reports, summary) of the current weights, if the last epoch evaluated them
     for epoch in range(state["epoch"], cfg.epochs):
+        last_evaluation = None
         record = loop.run_epoch(epoch, state)
         if state["step_in_epoch"] < steps_per_epoch:  # stopped by --max-steps mid-epoch: resumable from here
             save(last_path, net, optimizer, scheduler, scaler, state, cfg, rt)
@@ -694,6 +696,7 @@ def train(cfg: Config, rt: Runtime) -> dict:
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             reports, summary = evaluate_all(model, evals, cfg, rt)
+            last_evaluation = (reports, dict(summary))
             record.update(summary=summary)
             if headline(cfg, summary) > state["best"]:
                 state["best"] = headline(cfg, summary)
@@ -707,7 +710,7 @@ def train(cfg: Config, rt: Runtime) -> dict:
         save(last_path, net, optimizer, scheduler, scaler, state, cfg, rt)
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             break
-    reports, summary = final_evaluation(model, evals, cfg, rt)
+    reports, summary = final_evaluation(model, evals, cfg, rt, single_view=last_evaluation)
     return write_metrics(cfg, rt, reports, summary, state["history"])
 
 
@@ -789,13 +792,15 @@ def reduce_sum(value: int, rt: Runtime) -> int:
     return int(t.item())
 
 
-def final_evaluation(model, evals, cfg: Config, rt: Runtime):
-    """The setting's reported evaluation: single view, or the fully-supervised multi-view protocol."""
+def final_evaluation(model, evals, cfg: Config, rt: Runtime, single_view=None):
+    """The setting's reported evaluation: single view, or the fully-supervised multi-view protocol. single_view:
+    (reports, summary) of the final weights, single view, when the last epoch already computed them."""
+    if cfg.num_clips * cfg.num_crops == 1:
+        return single_view or evaluate_all(model, evals, cfg, rt)
     reports, summary = evaluate_all(model, evals, cfg, rt, num_clips=cfg.num_clips, num_crops=cfg.num_crops)
-    if cfg.num_clips * cfg.num_crops > 1:  # also the single view, to show what the views add (Table 4)
-        single, single_summary = evaluate_all(model, evals, cfg, rt)
-        reports.update({f"{k} (1 view)": v for k, v in single.items()})
-        summary.update({f"{k}_1view": v for k, v in single_summary.items()})
+    single, single_summary = single_view or evaluate_all(model, evals, cfg, rt)  # what the views add (Table 4)
+    reports.update({f"{k} (1 view)": v for k, v in single.items()})
+    summary.update({f"{k}_1view": v for k, v in single_summary.items()})
     return reports, summary
 
 
