@@ -491,7 +491,7 @@ def convert_hf_state_dict(hf: dict, source: str = "state dict") -> dict:
                 leftover.append(key)
         else:
             leftover.append(key)
-    for (prefix, which, kind) in {(p, "q", k) for (p, _, k) in qkv}:
+    for prefix, kind in {(p, k) for (p, _, k) in qkv}:  # each block's weight and bias
         try:
             out[f"{prefix}attn.in_proj_{kind}"] = torch.cat([qkv[(prefix, c, kind)] for c in "qkv"], dim=0)
         except KeyError as e:
