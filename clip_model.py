@@ -8,7 +8,8 @@ encoding every frame as an image (paper Sec. 4).
 Reading order:
   LayerNorm, QuickGELU          two details OpenAI's weights depend on
   Attention, ResidualBlock      one pre-norm transformer layer (scaled_dot_product_attention inside)
-  Transformer                   a stack of layers, with the deep-prompt hook (below) and activation checkpointing
+  Transformer                   a stack of layers, with the deep-prompt hook (below), activation checkpointing and
+                                a last layer that computes only the token a tower reads
   VisionTransformer             patches -> class token + positions -> transformer -> projected class token
   CLIP                          both towers, encode_image / encode_text / forward
   build_model                   the architecture inferred from a state dict's shapes
@@ -53,7 +54,9 @@ class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x): the GELU approximation OpenAI trained CLIP with. Plain GELU changes the outputs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        # The same function as silu(1.702 x) / 1.702, computed by F.silu's one fused kernel instead of three passes
+        # over the [N, L, 4W] activation. The in-place division is autograd-safe: silu saves its input, not its output.
+        return F.silu(1.702 * x).div_(1.702)
 
 
 class Attention(nn.Module):
@@ -70,12 +73,32 @@ class Attention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool, read: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: [N, L, W] -> [N, L, W]. With read ([N, Q] positions): -> [N, Q, W], the outputs at those positions only;
+        every position still serves as a key and a value."""
         N, L, W = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [N, L, 3W]
-        qkv = qkv.view(N, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)  # [3, N, heads, L, head_dim]
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=causal)  # [N, heads, L, head_dim]
-        return self.out_proj(y.transpose(1, 2).reshape(N, L, W))
+        heads, head_dim = self.heads, W // self.heads
+        if read is None:  # every position is a query: one matmul makes q, k and v
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [N, L, 3W]
+            q, k, v = qkv.view(N, L, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # [N, heads, L, head_dim] each
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [N, heads, L, head_dim]
+        else:  # queries at the read positions only
+            w_q, w_kv = self.in_proj_weight.split([W, 2 * W])
+            b_q, b_kv = self.in_proj_bias.split([W, 2 * W])
+            q = F.linear(gather_positions(x, read), w_q, b_q)  # [N, Q, W]
+            q = q.view(N, -1, heads, head_dim).transpose(1, 2)  # [N, heads, Q, head_dim]
+            kv = F.linear(x, w_kv, b_kv)  # [N, L, 2W]
+            k, v = kv.view(N, L, 2, heads, head_dim).permute(2, 0, 3, 1, 4)  # [N, heads, L, head_dim] each
+            mask = None
+            if causal:  # a query sees the keys up to its own position (is_causal would align the queries at 0)
+                mask = (torch.arange(L, device=x.device) <= read.unsqueeze(-1)).unsqueeze(1)  # [N, 1, Q, L]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [N, heads, Q, head_dim]
+        return self.out_proj(y.transpose(1, 2).reshape(N, -1, W))
+
+
+def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x: [N, L, W], positions: [N, Q] -> [N, Q, W], x[n, positions[n, q]]."""
+    return x.take_along_dim(positions.unsqueeze(-1), dim=1)
 
 
 class ResidualBlock(nn.Module):
@@ -91,8 +114,12 @@ class ResidualBlock(nn.Module):
         self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
         self.ln_2 = LayerNorm(width)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal)
+    def forward(self, x: torch.Tensor, causal: bool = False, read: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: [N, L, W] -> [N, L, W], or [N, Q, W] at the read positions ([N, Q]) only (see Transformer)."""
+        y = self.attn(self.ln_1(x), causal, read)
+        if read is not None:
+            x = gather_positions(x, read)
+        x = x + y
         return x + self.mlp(self.ln_2(x))
 
 
@@ -113,8 +140,13 @@ class Transformer(nn.Module):
         self.grad_checkpointing = False  # recompute each layer's activations in backward: less memory, ~30% slower
 
     def forward(self, x: torch.Tensor, causal: bool = False, deep_prompts: Optional[list] = None,
-                prompt_start: int = 0) -> torch.Tensor:
-        """x: [N, L, W]. deep_prompts[i-1] ([n_ctx, W]) replaces x[:, prompt_start:prompt_start+n_ctx] before layer i."""
+                prompt_start: int = 0, read: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: [N, L, W] -> [N, L, W]. deep_prompts[i-1] ([n_ctx, W]) replaces x[:, prompt_start:prompt_start+n_ctx]
+        before layer i.
+
+        read ([N, Q] positions): return only the outputs at those positions, [N, Q, W]. Each tower reads one token
+        (the class token, the end token), so its last layer needs queries, attention output and MLP there only; the
+        other positions are still its keys and values. Same result, about 7% less work at ViT-B/16."""
         deep_prompts = deep_prompts or []
         if len(deep_prompts) >= self.layers:
             raise ValueError(f"{len(deep_prompts)} deep prompts for {self.layers} layers: at most layers - 1 "
@@ -122,10 +154,11 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.resblocks):
             if 1 <= i <= len(deep_prompts):
                 x = replace_tokens(x, prompt_start, deep_prompts[i - 1])
+            last_read = read if i == self.layers - 1 else None
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, causal, use_reentrant=False)
+                x = checkpoint(block, x, causal, last_read, use_reentrant=False)
             else:
-                x = block(x, causal)
+                x = block(x, causal, last_read)
         return x
 
 
@@ -159,8 +192,9 @@ class VisionTransformer(nn.Module):
         if prompts is not None:  # learnable vision prompts go after the patch tokens and carry no position
             x = torch.cat([x, prompts.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)  # [N, 1 + grid*grid + n_ctx, W]
         x = self.ln_pre(x)
-        x = self.transformer(x, deep_prompts=deep_prompts, prompt_start=prompt_start)
-        x = self.ln_post(x[:, 0])  # [N, W], the class token
+        class_token = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)  # [N, 1]: position 0
+        x = self.transformer(x, deep_prompts=deep_prompts, prompt_start=prompt_start, read=class_token)  # [N, 1, W]
+        x = self.ln_post(x[:, 0])  # [N, W]
         return x @ self.proj  # [N, output_dim]
 
 
@@ -220,8 +254,9 @@ class CLIP(nn.Module):
         """text: [N, context_length] token ids (tokenizer.tokenize) -> [N, embed_dim], read at the end token.
 
         The text transformer is causal, so the output at the end token depends only on the tokens up to it: the
-        sequence is cut after the batch's last end token. Same result as running all 77 positions, several times
-        faster for short prompts such as class names.
+        sequence is cut after the batch's last end token, and the last layer computes the end token only (see
+        Transformer). Same result as running all 77 positions, several times faster for short prompts such as class
+        names.
         prompts ([n_ctx, W]) are inserted after the start token; the sequence is then cut back to context_length.
         """
         n_ctx = 0 if prompts is None else prompts.shape[0]
@@ -233,9 +268,8 @@ class CLIP(nn.Module):
         if prompts is not None:
             x = torch.cat([x[:, :1], prompts.to(x.dtype).expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)[:, :length]
         x = x + self.positional_embedding[:length].to(x.dtype)
-        x = self.transformer(x, causal=True, deep_prompts=deep_prompts, prompt_start=1)
-        x = self.ln_final(x)  # [N, length, W]
-        x = x[torch.arange(x.shape[0], device=x.device), eot]  # [N, W]
+        x = self.transformer(x, causal=True, deep_prompts=deep_prompts, prompt_start=1, read=eot.unsqueeze(1))
+        x = self.ln_final(x[:, 0])  # [N, W], at the end token
         return x @ self.text_projection  # [N, embed_dim]
 
     def forward(self, image: torch.Tensor, text: torch.Tensor):

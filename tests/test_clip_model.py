@@ -361,6 +361,82 @@ def test_text_is_cut_after_the_last_end_token(small_pair, monkeypatch):
     assert lengths == [8]  # <sot> a photo of a cat . <eot>
 
 
+def test_last_layer_computes_only_the_token_each_tower_reads(small_pair):
+    """The last layer's MLP sees the class token / the end token only; earlier layers see every position."""
+    _, ours = small_pair
+    images, texts = small_inputs()
+    shapes, handles = {}, []
+    for name, transformer in (("vision", ours.visual.transformer), ("text", ours.transformer)):
+        for i in (0, transformer.layers - 1):
+            hook = (lambda key: lambda module, args: shapes.__setitem__(key, tuple(args[0].shape)))((name, i))
+            handles.append(transformer.resblocks[i].mlp.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            ours.encode_image(images), ours.encode_text(texts)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert shapes == {("vision", 0): (3, 17, 64), ("vision", 1): (3, 1, 64),
+                      ("text", 0): (4, 77, 64), ("text", 1): (4, 1, 64)}
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reading_positions_gives_the_full_output_there_with_the_same_gradients(small_pair, causal):
+    """Transformer(read=...) against the full transformer's output gathered at the same positions, one set of
+    positions per sequence (as the text tower's end tokens), in values and in the gradients of input and weights."""
+    _, ours = small_pair
+    transformer = copy.deepcopy(ours.transformer)
+    torch.manual_seed(7)
+    x = torch.randn(3, 9, 64, requires_grad=True)
+    read = torch.tensor([[0, 4], [8, 2], [5, 5]])  # [N, Q]
+
+    def output_and_grads(use_read):
+        transformer.zero_grad()
+        x.grad = None
+        if use_read:
+            y = transformer(x, causal=causal, read=read)
+        else:
+            y = clip_model.gather_positions(transformer(x, causal=causal), read)
+        y.pow(2).sum().backward()
+        return y.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in transformer.named_parameters()}
+
+    y_full, dx_full, dw_full = output_and_grads(False)
+    y_read, dx_read, dw_read = output_and_grads(True)
+    assert y_read.shape == (3, 2, 64)
+    torch.testing.assert_close(y_read, y_full, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dx_read, dx_full, atol=1e-5, rtol=1e-4)
+    for name in dw_full:
+        torch.testing.assert_close(dw_read[name], dw_full[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_gradients_match_openai(small_pair):
+    """Training: every parameter's gradient equals the reference's (the last-layer shortcut, the fused QuickGELU and
+    scaled_dot_product_attention included)."""
+    reference, ours = small_pair
+    images, texts = small_inputs()
+    grads = []
+    for model in (reference, ours):
+        model.zero_grad()
+        logits_per_image, _ = model(images, texts)
+        logits_per_image.log_softmax(dim=-1).diagonal().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        model.zero_grad()
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_quick_gelu_is_x_times_sigmoid_of_1702x():
+    """The silu form computes OpenAI's function, x * sigmoid(1.702 x), and its gradient."""
+    x = torch.linspace(-12, 12, 2001, dtype=torch.float64, requires_grad=True)
+    y = clip_model.QuickGELU()(x)
+    expected = x * torch.sigmoid(1.702 * x)
+    torch.testing.assert_close(y, expected, atol=1e-14, rtol=1e-12)
+    grad, = torch.autograd.grad(y.sum(), x)
+    expected_grad, = torch.autograd.grad(expected.sum(), x)
+    torch.testing.assert_close(grad, expected_grad, atol=1e-14, rtol=1e-12)
+
+
 def test_prompt_hook_with_no_tokens_is_plain_clip(small_pair):
     _, ours = small_pair
     images, texts = small_inputs()
