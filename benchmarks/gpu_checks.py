@@ -24,16 +24,12 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 import clip_model  # noqa: E402
 import data  # noqa: E402
 import tokenizer  # noqa: E402
+from bench_clip import synchronize  # noqa: E402  (benchmarks/ is this script's folder, first on sys.path)
 from conftest import _load_openai_module  # noqa: E402  (OpenAI's clip/model.py, loaded without its __init__)
 
 VIT_B16 = (512, 224, 12, 768, 16, 77, 49408, 512, 8, 12)  # OpenAI's CLIP constructor arguments
 K400 = data.read_labels(os.path.join(ROOT, "splits", "labels", "kinetics_400_labels.csv"))  # 400 names
 PRECISIONS = {"fp32": None, "bf16 autocast": torch.bfloat16, "fp16 autocast": torch.float16}
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def models(device):
