@@ -13,7 +13,6 @@ models and keeps the best of --repeats runs.
 import argparse
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 import clip_model  # noqa: E402
 import data  # noqa: E402
 import tokenizer  # noqa: E402
-from bench_clip import synchronize  # noqa: E402  (benchmarks/ is this script's folder, first on sys.path)
+from bench_clip import best_time, synchronize  # noqa: E402  (benchmarks/ is this script's folder, first on sys.path)
 from conftest import _load_openai_module  # noqa: E402  (OpenAI's clip/model.py, loaded without its __init__)
 
 VIT_B16 = (512, 224, 12, 768, 16, 77, 49408, 512, 8, 12)  # OpenAI's CLIP constructor arguments
@@ -62,17 +61,6 @@ def parity_rows(reference, ours, images, texts, device):
     return rows
 
 
-def best_time(fn, device, repeats):
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def throughput_rows(reference, ours, images, texts, device, repeats):
     rows = []
     for name, dtype in PRECISIONS.items():
@@ -82,11 +70,12 @@ def throughput_rows(reference, ours, images, texts, device, repeats):
                 with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32,
                                                      enabled=dtype is not None):
                     run(model)
+                synchronize(device)
             timed(reference), timed(ours)  # warm-up (kernel selection, allocator)
             t_ref, t_ours = [], []
             for _ in range(repeats):  # alternate, so both see the same machine
-                t_ref.append(best_time(lambda: timed(reference), device, 1))
-                t_ours.append(best_time(lambda: timed(ours), device, 1))
+                t_ref.append(best_time(lambda: timed(reference), 1))
+                t_ours.append(best_time(lambda: timed(ours), 1))
             n = len(images) if tower == "images" else len(texts)
             rows.append(dict(check=f"throughput {tower}, {name}", reference=n / min(t_ref), ours=n / min(t_ours),
                              unit=unit, speedup=min(t_ref) / min(t_ours)))
