@@ -317,9 +317,10 @@ def inference_precision(device: Union[str, torch.device] = "cpu", requested: str
     An explicit request is returned as it is. "auto" gives bf16 on a CUDA GPU that supports it, and on a CPU only
     where bf16 measures faster: support is not enough. bf16 autocast (oneDNN) encoded ViT-B/16 frames about 3x as fast
     as fp32 on this project's AMD EPYC machines but 0.7x as fast on an Intel Xeon that also reports AVX512-BF16 (no
-    AMX), where MKL's fp32 is as quick as bf16 gets (README, Benchmarks). So on a CPU "auto" times one ViT-B/16-shaped layer both ways
-    (about 0.1 s, once per process and thread count) and takes bf16 from BF16_MIN_SPEEDUP up. The choice is printed
-    when it is made. Predictions agree with fp32 (same top-1 on the embedded world's validation videos, README)."""
+    AMX), where MKL's fp32 is as quick as bf16 gets (README, Benchmarks). So on a CPU "auto" times one ViT-B/16-shaped
+    layer both ways (about 0.1 s, once per process and thread count) and takes bf16 from BF16_MIN_SPEEDUP up. The
+    choice is printed when it is made. Predictions agree with fp32: the same top-1 on the embedded world's validation
+    videos, vanilla and fine-tuned (README, Benchmarks)."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
     if requested != "auto":

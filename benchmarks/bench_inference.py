@@ -79,7 +79,8 @@ def world_agreement(init_from=None, limit=None, batch=8):
     predictions = {}
     for precision in ("fp32", "bf16"):
         predict = ours_classifier(model, precision)
-        predictions[precision] = torch.cat([predict(clips[i:i + batch]).argmax(-1) for i in range(0, len(clips), batch)])
+        batches = [clips[i:i + batch] for i in range(0, len(clips), batch)]
+        predictions[precision] = torch.cat([predict(b).argmax(-1) for b in batches])
         correct = int((predictions[precision] == labels).sum())
         print(f"  {precision}: top-1 {100 * correct / len(labels):.2f}% ({correct} of {len(labels)} videos)")
     changed = int((predictions["fp32"] != predictions["bf16"]).sum())
@@ -93,7 +94,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds (best one reported)")
     parser.add_argument("--quick", action="store_true", help="2 frames, 1 round (a smoke run, under 30 s)")
     parser.add_argument("--world", action="store_true", help="top-1 in fp32 and bf16 on the embedded world instead")
-    parser.add_argument("--init-from", help="--world: a checkpoint written by train.py (default: the vanilla tiny CLIP)")
+    parser.add_argument("--init-from", help="--world: a checkpoint written by train.py (default: vanilla tiny CLIP)")
     args = parser.parse_args()
     if args.world:
         print(f"embedded world, toy-hmdb validation, {args.init_from or 'vanilla tiny CLIP'}")
