@@ -24,7 +24,9 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import random
+import re
 import subprocess
 import sys
 import time
@@ -78,7 +80,7 @@ class Config:
     frames: Optional[int] = None
     epochs: Optional[int] = None
     batch_size: Optional[int] = None    # effective batch: micro_batch x processes x accumulation steps
-    micro_batch: Optional[int] = None   # videos per process per forward pass
+    micro_batch: Optional[int] = None   # videos per process per forward pass (default: derived, see plan_batches)
     lr: Optional[float] = None
     weight_decay: float = 0.001
     warmup_epochs: Optional[float] = None
@@ -103,7 +105,7 @@ class Config:
                                          # authors' released checkpoints (they were trained on ImageNet statistics)
     seed: int = 1024
     out: str = "out"
-    resume: bool = False                # continue the run in --out from its last.pt
+    resume: str = ""                    # continue a run: "--resume" (its --out/last.pt) or "--resume PATH/last.pt"
     save_every: int = 0                 # also save last.pt every N optimizer steps (0: at epoch ends only)
     max_steps: int = 0                  # stop after this many optimizer steps (tests, quick looks); 0: no limit
     reduced_world: bool = False         # the embedded world's reduced version (2 training videos a class: tests)
@@ -117,7 +119,7 @@ PAPER_DEFAULTS = {
     "fewshot": dict(frames=32, epochs=50, batch_size=64, lr=2e-6),
     "fully": dict(frames=16, epochs=30, batch_size=512, lr=22e-6, num_clips=4, num_crops=3),
 }
-COMMON_DEFAULTS = dict(micro_batch=4, warmup_epochs=5, augment="paper", mixup=0.8, cutmix=1.0, label_smoothing=0.1,
+COMMON_DEFAULTS = dict(warmup_epochs=5, augment="paper", mixup=0.8, cutmix=1.0, label_smoothing=0.1,
                        num_clips=1, num_crops=1, eval_every=1)
 PROMPT_DEFAULTS = {  # the authors' prompting configs: lr 8e-3, 10 tokens x depth 12 (few-shot), 16 x 9 (base2novel)
     "fewshot": dict(lr=8e-3, n_ctx_text=10, n_ctx_vision=10, depth_text=12, depth_vision=12),
@@ -135,7 +137,7 @@ MINIWORLD_DEFAULTS = {
     "fully": dict(frames=8, epochs=3, batch_size=8, lr=3e-4, num_clips=2, num_crops=3),
 }
 MINIWORLD_PROMPTS = dict(n_ctx_text=8, n_ctx_vision=8, depth_text=4, depth_vision=4)  # the tiny CLIP has 4 layers
-MINIWORLD_COMMON = dict(micro_batch=8, warmup_epochs=1, mixup=0.0, cutmix=0.0, label_smoothing=0.0, augment="crop",
+MINIWORLD_COMMON = dict(warmup_epochs=1, mixup=0.0, cutmix=0.0, label_smoothing=0.0, augment="crop",
                         eval_every=5)
 
 
@@ -167,21 +169,108 @@ def resolve_defaults(cfg: Config) -> Config:
     return cfg
 
 
-def parse_args(argv=None) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    choices = dict(setting=["zeroshot", "base2novel", "fewshot", "fully"], train=list(vifi.TRAIN_MODES),
-                   augment=list(data.AUGMENTATIONS), fusion=list(vifi.FUSIONS), precision=["fp32", "bf16", "fp16"],
-                   normalization=["clip", "imagenet"],
-                   dataset=["miniworld", "hmdb51", "ucf101", "ssv2", "k400", "k600", "custom"], k=[2, 4, 8, 16],
-                   split=[1, 2, 3])
+# What each flag does, for --help; defaults that depend on the setting are added from the tables above.
+HELP = dict(
+    setting="zeroshot | base2novel | fewshot | fully (paper Sec. 3, Appendix D)",
+    k="shots per class for fewshot, and for base2novel's base classes (the paper uses 2, 4, 8, 16)",
+    split="base2novel: seed of the K-shot base split; fewshot/fully: which validation split (1-3)",
+    dataset="miniworld (the embedded world) | hmdb51 | ucf101 | ssv2 | k400 | k600 | custom",
+    data_root="folder holding the dataset's videos (real and custom datasets)",
+    train_list="custom dataset: list file of 'relative/path label' lines",
+    val_list="custom dataset: validation list file",
+    labels="custom dataset: labels CSV 'id,name'",
+    targets="zeroshot: comma-separated target datasets (default hmdb51,ucf101,k600; the world's own)",
+    target_roots="zeroshot on real data: comma-separated video folders, one per target",
+    clip="CLIP weights: a name or a file (TorchScript, state dict, Hugging Face) (default: ViT-B/16; embedded "
+         "world: miniworld-tiny)",
+    train="what is trained: both (ViFi-CLIP) | image | text | prompts | none (vanilla CLIP, evaluation only)",
+    fusion="embedding (ViFi-CLIP) | decision | image (Table 5)",
+    template="prompt template, {} is the class name (default: 'a photo of a {}.'; the bare '{}' for vanilla CLIP; "
+             "'{}.' behind learned text prompts)",
+    n_ctx_text="prompt learning: learnable text tokens", n_ctx_vision="prompt learning: learnable vision tokens",
+    depth_text="prompt learning: text layers with prompts", depth_vision="prompt learning: vision layers with prompts",
+    init_from="weights to start from: our best.pt/last.pt, the authors' released .pth, a prompt checkpoint",
+    frames="frames sampled per video (T)", epochs="training epochs",
+    batch_size="effective batch: micro-batch x processes x accumulation, the same on any number of processes",
+    micro_batch="videos per process per forward pass (default: the largest that divides the batch share of "
+                "each process, up to 4 on real data and 8 in the world; accumulation makes up the rest)",
+    lr="peak learning rate (AdamW, cosine schedule)", weight_decay="AdamW weight decay",
+    warmup_epochs="linear warm-up epochs", mixup="mixup alpha (0: off)", cutmix="cutmix alpha (0: off)",
+    mixup_switch_prob="probability of cutmix rather than mixup when both are on",
+    label_smoothing="label smoothing", num_clips="final evaluation: temporal clips per video",
+    num_crops="final evaluation: spatial crops per clip (1 or 3)", eval_every="epochs between evaluations",
+    eval_only="evaluate --init-from (or the base model) without training",
+    precision="fp32 | bf16 | fp16 (autocast; weights stay fp32; fp16 needs CUDA)",
+    grad_checkpointing="activation checkpointing in both towers (less memory, ~20%% slower)",
+    compile="torch.compile the model", workers="DataLoader worker processes per process (default: 1 on CPU, "
+    "up to 10 on a GPU)", input_size="frame size fed to the image tower (default: the model's resolution)",
+    augment="paper (crop, flip, colour) | crop | none", normalization="clip | imagenet pixel statistics (default: "
+    "clip; imagenet for the authors' released checkpoints)", seed="random seed (weights, sampling, augmentation)",
+    out="output folder", resume="continue the run of --out (or of the given last.pt) exactly where it stopped",
+    save_every="also save last.pt every N optimizer steps", max_steps="stop after N optimizer steps (quick looks)",
+    reduced_world="the embedded world with 2 training videos a class (tests)",
+    device="cuda, cuda:1, cpu (default: cuda if available)")
+CHOICES = dict(setting=["zeroshot", "base2novel", "fewshot", "fully"], train=list(vifi.TRAIN_MODES),
+               augment=list(data.AUGMENTATIONS), fusion=list(vifi.FUSIONS), precision=["fp32", "bf16", "fp16"],
+               normalization=["clip", "imagenet"], split=[1, 2, 3],
+               dataset=["miniworld", "hmdb51", "ucf101", "ssv2", "k400", "k600", "custom"])
+# Flags that cannot change what a resumed run computes, so they may differ from the interrupted run's.
+RESUME_MAY_CHANGE = {"workers", "device", "out", "resume", "save_every", "max_steps", "grad_checkpointing", "compile"}
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _setting_defaults(name: str) -> str:
+    """'zeroshot 32, ..., fully 16; embedded world 8': a flag's defaults per setting, for --help."""
+    def per_setting(tables):
+        values = {s: t[name] for s, t in tables.items() if name in t}
+        if len(set(map(str, values.values()))) == 1 and len(values) == len(tables):
+            return str(next(iter(values.values())))
+        return ", ".join(f"{s} {v}" for s, v in values.items())
+    parts = []
+    for label, common, tables in (("", COMMON_DEFAULTS, PAPER_DEFAULTS), ("embedded world ", MINIWORLD_COMMON,
+                                                                          MINIWORLD_DEFAULTS)):
+        text = str(common[name]) if name in common else per_setting(tables)
+        if text:
+            parts.append(label + text)
+    if name in PROMPT_DEFAULTS["fewshot"]:
+        parts.append("with --train prompts: " + per_setting(PROMPT_DEFAULTS))
+    return "; ".join(parts)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """Every field of Config is a flag; defaults are SUPPRESSed so that we know which flags were given (--resume
+    compares exactly those with the interrupted run)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
     for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
+        flag, text = "--" + f.name.replace("_", "-"), HELP[f.name]
+        default = _setting_defaults(f.name) or (f.default if f.default not in (None, "") else "")
+        text += f" (default: {default})" if default != "" and f.type is not bool else ""
         if f.type is bool:
-            parser.add_argument(flag, action="store_true")
+            parser.add_argument(flag, action="store_true", help=text)
+        elif f.name == "resume":
+            parser.add_argument(flag, nargs="?", const="last.pt", metavar="LAST_PT", help=text)
         else:  # Optional[int] -> int
             kind = typing.get_args(f.type)[0] if typing.get_args(f.type) else f.type
-            parser.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name))
-    return resolve_defaults(Config(**vars(parser.parse_args(argv))))
+            kind = positive_int if f.name == "k" else kind
+            parser.add_argument(flag, type=kind, choices=CHOICES.get(f.name), help=text)
+    return parser
+
+
+def parse_command_line(argv=None) -> tuple:
+    """(Config with the setting's defaults filled in, the set of flags given on the command line)."""
+    given = vars(make_parser().parse_args(argv))
+    return resolve_defaults(Config(**given)), set(given)
+
+
+def parse_args(argv=None) -> Config:
+    return parse_command_line(argv)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -213,8 +302,6 @@ def setup_runtime(cfg: Config) -> Runtime:
         device = torch.device(cfg.device)
     else:
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
     cores = max(1, len(os.sched_getaffinity(0)) // world_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -404,30 +491,39 @@ def video_dataset(split: Split, cfg: Config, train: bool, num_clips=1, num_crops
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Sampling: every process sees its share of each global batch, in an order that depends only on (seed, epoch)
+# Sampling: the same global batches, split the same way into micro-batches, whatever the number of processes
 
 
-class ResumableDistributedSampler(Sampler):
-    """DistributedSampler's shuffled share of the data for this process, truncated to whole global batches, and able
-    to start mid-epoch (resume). Global batch b is positions [b*B, (b+1)*B) of the epoch's permutation; this process
-    takes every world_size-th of them, so the samples of one optimizer step are the same whatever the number of
-    processes."""
+class GlobalBatchSampler(Sampler):
+    """This process's share of each epoch's global batches. The epoch's order is a permutation drawn from
+    (seed, epoch); optimizer step s takes its positions [s*B, (s+1)*B), cut into B/m global micro-batches of m videos.
+    Process r of W takes the micro-batches r*A .. (r+1)*A - 1 of every step (A = B/(m*W) accumulation steps), so the
+    micro-batches, and everything computed per micro-batch (mixup pairs, the loss mean), are the same on 1 process
+    or 8. start_step: resume in the middle of an epoch."""
 
-    def __init__(self, dataset, rt: Runtime, samples_per_process: int, seed: int):
-        self.inner = DistributedSampler(dataset, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=seed,
-                                        drop_last=True)
-        self.samples_per_process = samples_per_process
-        self.start = 0
+    def __init__(self, num_videos: int, batch: int, micro_batch: int, rt: Runtime, seed: int):
+        self.num_videos, self.batch, self.micro, self.rt, self.seed = num_videos, batch, micro_batch, rt, seed
+        self.accumulation = batch // (micro_batch * rt.world_size)
+        self.steps = num_videos // batch  # the last incomplete batch is dropped, as the authors do
+        self.epoch, self.start_step = 0, 0
 
-    def set_epoch(self, epoch: int, start: int = 0):
-        self.inner.set_epoch(epoch)
-        self.start = start
+    def set_epoch(self, epoch: int, start_step: int = 0):
+        self.epoch, self.start_step = epoch, start_step
+
+    def global_micro_index(self, step: int, i: int) -> int:
+        """Index in the whole run of this process's i-th micro-batch of optimizer step `step`: seeds mixup."""
+        return step * (self.batch // self.micro) + self.rt.rank * self.accumulation + i
 
     def __iter__(self):
-        return iter(list(self.inner)[self.start:self.samples_per_process])
+        g = torch.Generator().manual_seed(self.seed + self.epoch)  # what DistributedSampler draws for 1 process
+        order = torch.randperm(self.num_videos, generator=g).tolist()
+        share = self.micro * self.accumulation  # this process's videos per step
+        for s in range(self.start_step, self.steps):
+            first = s * self.batch + self.rt.rank * share
+            yield from order[first:first + share]
 
     def __len__(self):
-        return self.samples_per_process - self.start
+        return (self.steps - self.start_step) * self.micro * self.accumulation
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -462,13 +558,30 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 def atomic_save(obj, path: str):
     """torch.save to a temporary file in the same folder, flushed to disk, then renamed over the target: a crash at
-    any moment leaves either the old checkpoint or the new one, never half of one."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    any moment leaves either the old checkpoint or the new one, never half of one (and at most one temporary file,
+    which the next run removes)."""
+    tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: str, text: str):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def remove_stale_temporaries(out: str):
+    """Temporary files of checkpoints and logs that a killed run was writing (this run writes its own anew)."""
+    for name in os.listdir(out):
+        if re.fullmatch(r"(last|best)\.pt\.tmp\d*|(log\.jsonl|config\.json|metrics\.json)\.tmp", name):
+            os.remove(os.path.join(out, name))
 
 
 def rng_states() -> dict:
@@ -582,6 +695,10 @@ def headline(cfg: Config, summary: dict) -> float:
 
 def evaluate_all(model, evals: list, cfg: Config, rt: Runtime, num_clips=1, num_crops=1) -> tuple:
     reports = {s.name: evaluate(model, s, cfg, rt, num_clips, num_crops) for s in evals}
+    for split in evals:
+        if reports[split.name]["unreadable"] == len(split.samples):  # an accuracy of 0 that says nothing: stop
+            raise UserError(f"{split.name}: all {len(split.samples)} videos under {split.root} are unreadable; "
+                            f"check them with: python data.py --check ROOT LIST LABELS")
     return reports, summarize(cfg, reports)
 
 
@@ -628,40 +745,71 @@ def progress(iterable, rt: Runtime, desc: str):
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stdout)
 
 
-def plan_batches(cfg: Config, rt: Runtime, num_videos: int):
-    """Effective batch = micro_batch x processes x accumulation. Returns (global batch, accumulation, steps/epoch)."""
-    per_step = cfg.micro_batch * rt.world_size
-    if cfg.batch_size % per_step:
-        raise ValueError(f"--batch-size {cfg.batch_size} is not a multiple of --micro-batch {cfg.micro_batch} x "
-                         f"{rt.world_size} processes; pick a batch size or micro-batch that divides")
-    batch = cfg.batch_size
-    if num_videos < batch:  # a small K-shot set: one step per epoch with every video rather than no step at all
-        batch = max(per_step, num_videos // per_step * per_step)
+MICRO_BATCH_LIMIT = dict(paper=4, world=8)  # videos per forward pass: ViT-B/16 at 32 frames; the tiny CLIP
+
+
+def plan_batches(cfg: Config, rt: Runtime, num_videos: int) -> tuple:
+    """(global batch, micro-batch, accumulation, steps per epoch). The effective batch is the setting's on any number of
+    processes: each process takes batch/W videos per step, in micro-batches of m with gradient accumulation. Without
+    --micro-batch, m is the largest divisor of batch/W up to MICRO_BATCH_LIMIT (on 1, 2, 4 or 8 processes that is the
+    same m for every paper setting)."""
+    W, batch = rt.world_size, cfg.batch_size
+    if num_videos < batch:  # a small K-shot set: one step per epoch with (nearly) every video rather than no step
+        batch = num_videos - num_videos % W
         log(rt, f"note: {num_videos} training videos < batch {cfg.batch_size}; using batch {batch}")
-    if num_videos < batch:
-        raise ValueError(f"{num_videos} training videos are fewer than one micro-batch per process ({per_step})")
-    return batch, batch // per_step, num_videos // batch
+    if batch < W:
+        raise UserError(f"{num_videos} training videos are fewer than one per process ({W} processes)")
+    if batch % W:
+        raise UserError(f"--batch-size {batch} cannot be shared by {W} processes; pick a multiple of {W}")
+    share = batch // W
+    micro = cfg.micro_batch
+    if micro is None:
+        limit = MICRO_BATCH_LIMIT["world" if cfg.dataset == "miniworld" else "paper"]
+        micro = max(m for m in range(1, min(limit, share) + 1) if share % m == 0)
+    elif share % micro:
+        raise UserError(f"--batch-size {batch} is not a multiple of --micro-batch {micro} x {W} processes; "
+                        f"leave --micro-batch out to have it chosen")
+    return batch, micro, share // micro, num_videos // batch
 
 
-def train(cfg: Config, rt: Runtime) -> dict:
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    train_split, evals = build_splits(cfg)
-    model = build_model(cfg, train_split.class_names, rt)
+def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
+    """Everything that can fail on the user's input, checked before compute is spent: the run to resume, the lists and
+    videos on disk, the weights, the batch plan. A failure is a UserError with one line naming the flag or file.
+    Returns (cfg, checkpoint to resume or None, training Split, evaluation Splits, model, batch plan or None)."""
+    try:
+        checkpoint, cfg = prepare_resume(cfg, given, rt) if cfg.resume else (None, cfg)
+        if cfg.precision == "fp16" and rt.device.type != "cuda":
+            raise UserError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        train_split, evals = build_splits(cfg)
+        model = build_model(cfg, train_split.class_names, rt)
+        plan = None
+        if not (cfg.eval_only or cfg.train == "none"):
+            plan = plan_batches(cfg, rt, len(train_split.samples))
+            cfg.micro_batch = plan[1]
+        cfg.micro_batch = cfg.micro_batch or MICRO_BATCH_LIMIT["world" if cfg.dataset == "miniworld" else "paper"]
+    except INPUT_ERRORS as e:
+        raise (e if isinstance(e, UserError) else UserError(str(e))) from e
+    return cfg, checkpoint, train_split, evals, model, plan
+
+
+def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
+    cfg, checkpoint, train_split, evals, model, plan = setup(cfg, rt, set(given))
     net = model
     log(rt, f"{cfg.setting} on {cfg.dataset}: {len(train_split.samples)} training videos, "
             f"{len(train_split.class_names)} classes; trainable parameters "
             f"{sum(p.numel() for p in vifi.trainable_parameters(net)):,}")
     os.makedirs(cfg.out, exist_ok=True)
     if rt.is_main:
-        with open(os.path.join(cfg.out, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=2)
-    if cfg.eval_only or cfg.train == "none":
+        remove_stale_temporaries(cfg.out)
+        atomic_write_text(os.path.join(cfg.out, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
+    if plan is None:  # evaluation only
         reports, summary = final_evaluation(model, evals, cfg, rt)
         return write_metrics(cfg, rt, reports, summary, history=[])
 
-    batch, accumulation, steps_per_epoch = plan_batches(cfg, rt, len(train_split.samples))
+    batch, _, accumulation, steps_per_epoch = plan
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     params = vifi.trainable_parameters(net)  # frozen parameters get no optimizer state
@@ -674,26 +822,76 @@ def train(cfg: Config, rt: Runtime) -> dict:
     if cfg.compile:
         model = torch.compile(model)
 
-    state = dict(epoch=0, step_in_epoch=0, step=0, best=-1.0, history=[])
+    # state: where the run is, and the running sums of the current epoch (so that a resumed epoch's log line covers
+    # all of its steps); it goes into every checkpoint.
+    state = dict(epoch=0, step_in_epoch=0, step=0, best=-1.0, history=[], epoch_sums=[0.0, 0, 0, 0.0])
     last_path = os.path.join(cfg.out, "last.pt")
-    if cfg.resume:
-        state = resume(last_path, net, optimizer, scheduler, scaler, cfg)
-        log(rt, f"resumed from {last_path}: epoch {state['epoch']}, step {state['step']}")
+    if checkpoint is not None:
+        state = restore(checkpoint, net, optimizer, scheduler, scaler)
+        del checkpoint
+        log(rt, f"resumed from {cfg.resume}: epoch {state['epoch']}, step {state['step']}")
+    if rt.is_main:  # the log is the checkpoint's history: a line written after the checkpoint a run resumes from goes
+        write_log(cfg.out, state["history"])
 
     dataset = video_dataset(train_split, cfg, train=True)
-    sampler = ResumableDistributedSampler(dataset, rt, steps_per_epoch * accumulation * cfg.micro_batch, cfg.seed)
+    sampler = GlobalBatchSampler(len(dataset), batch, cfg.micro_batch, rt, cfg.seed)
     log(rt, f"batch {batch} = {cfg.micro_batch} x {rt.world_size} processes x {accumulation} accumulation; "
             f"{steps_per_epoch} steps/epoch, {total_steps} steps")
-    loop = TrainLoop(model, net, optimizer, scheduler, scaler, dataset, sampler, cfg, rt, accumulation,
-                     len(train_split.class_names))
+    num_classes = len(train_split.class_names)
     last_evaluation = None  # (reports, summary) of the current weights, if the last epoch evaluated them
     for epoch in range(state["epoch"], cfg.epochs):
         last_evaluation = None
-        record = loop.run_epoch(epoch, state)
+        dataset.set_epoch(epoch)  # seeds the augmentation: (seed, epoch, video index)
+        sampler.set_epoch(epoch, start_step=state["step_in_epoch"])
+        loader = DataLoader(dataset, batch_size=cfg.micro_batch, sampler=sampler, num_workers=cfg.workers,
+                            collate_fn=data.collate, pin_memory=rt.device.type == "cuda")
+        model.train()
+        step_start, step_sums = time.time(), [0.0, 0, 0]  # this step's loss sum, micro-batches, unreadable videos
+        for i, batch_data in enumerate(progress(loader, rt, f"epoch {epoch + 1}/{cfg.epochs}")):
+            micro = i % accumulation
+            clips = batch_data["clips"].to(rt.device, non_blocking=True)  # [m, T, 3, H, W]
+            labels = batch_data["label"].to(rt.device, non_blocking=True)  # [m]
+            targets = labels
+            if cfg.mixup > 0 or cfg.cutmix > 0 or cfg.label_smoothing > 0:
+                # seeded by the global micro-batch: the same mix on any number of processes, and after a resume
+                generator = torch.Generator().manual_seed(
+                    cfg.seed * 1_000_003 + sampler.global_micro_index(state["step"], micro))
+                clips, targets = data.mixup_cutmix(clips, labels, num_classes, mixup_alpha=cfg.mixup,
+                                                   cutmix_alpha=cfg.cutmix, switch_prob=cfg.mixup_switch_prob,
+                                                   smoothing=cfg.label_smoothing, generator=generator)
+            last_micro = micro == accumulation - 1
+            # DDP all-reduces the gradients on the last micro-batch of a step only
+            no_sync = model.no_sync if rt.distributed and not last_micro else contextlib.nullcontext
+            with no_sync():
+                with autocast(cfg, rt.device):
+                    logits = model(clips)  # [m, C], or [m*T, C] for image-level fusion in training
+                loss = net.loss(logits, targets, soft_loss=soft_cross_entropy)
+                scaler.scale(loss / accumulation).backward()
+            step_sums[0] += loss.item()
+            step_sums[1] += 1
+            step_sums[2] += int((~batch_data["ok"]).sum())  # unreadable videos, replaced by readable ones (data.py)
+            if not last_micro:
+                continue
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            sums = reduce_sum(step_sums, rt)  # over processes: the logged loss is every process's
+            state["epoch_sums"] = [a + b for a, b in zip(state["epoch_sums"], sums + [time.time() - step_start])]
+            state["step"] += 1
+            state["step_in_epoch"] += 1
+            step_start, step_sums = time.time(), [0.0, 0, 0]
+            if cfg.save_every and state["step"] % cfg.save_every == 0:
+                save(last_path, net, optimizer, scheduler, scaler, state, cfg, rt)
+            if cfg.max_steps and state["step"] >= cfg.max_steps:
+                break
         if state["step_in_epoch"] < steps_per_epoch:  # stopped by --max-steps mid-epoch: resumable from here
             save(last_path, net, optimizer, scheduler, scaler, state, cfg, rt)
             break
-        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        loss_sum, micro_batches, unreadable, seconds = state["epoch_sums"]
+        record = dict(epoch=epoch + 1, step=state["step"], loss=loss_sum / max(1, micro_batches),
+                      lr=scheduler.get_last_lr()[0], seconds=round(seconds, 1), unreadable_videos=int(unreadable))
+        state.update(epoch=epoch + 1, step_in_epoch=0, epoch_sums=[0.0, 0, 0, 0.0])
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             reports, summary = evaluate_all(model, evals, cfg, rt)
             last_evaluation = (reports, dict(summary))
@@ -704,92 +902,22 @@ def train(cfg: Config, rt: Runtime) -> dict:
             net.set_class_names(train_split.class_names)
         state["history"].append(record)
         log(rt, json.dumps(record))
-        if rt.is_main:
-            with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
         save(last_path, net, optimizer, scheduler, scaler, state, cfg, rt)
+        if rt.is_main:  # after the checkpoint that holds the line: a kill in between loses no line and repeats none
+            write_log(cfg.out, state["history"])
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             break
     reports, summary = final_evaluation(model, evals, cfg, rt, single_view=last_evaluation)
     return write_metrics(cfg, rt, reports, summary, state["history"])
 
 
-@dataclass
-class TrainLoop:
-    """What one epoch of training needs, held together so that run_epoch reads as the algorithm."""
-    model: torch.nn.Module       # what is called: possibly DDP- and compile-wrapped
-    net: vifi.ViFiCLIP           # the model itself
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    dataset: data.VideoDataset
-    sampler: ResumableDistributedSampler
-    cfg: Config
-    rt: Runtime
-    accumulation: int
-    num_classes: int
-
-    def run_epoch(self, epoch: int, state: dict) -> dict:
-        """Train from state["step_in_epoch"] to the epoch's end (or --max-steps); updates state in place and
-        returns the epoch's log record."""
-        cfg, rt = self.cfg, self.rt
-        self.dataset.set_epoch(epoch)  # seeds the augmentation: (seed, epoch, video index)
-        self.sampler.set_epoch(epoch, start=state["step_in_epoch"] * self.accumulation * cfg.micro_batch)
-        loader = DataLoader(self.dataset, batch_size=cfg.micro_batch, sampler=self.sampler, num_workers=cfg.workers,
-                            collate_fn=data.collate, drop_last=True, pin_memory=rt.device.type == "cuda")
-        start, losses, unreadable = time.time(), [], 0
-        self.model.train()
-        last_path = os.path.join(cfg.out, "last.pt")
-        for i, batch in enumerate(progress(loader, rt, f"epoch {epoch + 1}/{cfg.epochs}")):
-            last_micro = (i + 1) % self.accumulation == 0
-            losses.append(train_micro_step(self.model, batch, cfg, rt, self.num_classes, self.accumulation,
-                                           self.scaler, step=state["step"], micro=i % self.accumulation,
-                                           sync=last_micro))
-            unreadable += int((~batch["ok"]).sum())  # replaced by readable videos (data.py)
-            if not last_micro:
-                continue
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            state["step"] += 1
-            state["step_in_epoch"] += 1
-            if cfg.save_every and state["step"] % cfg.save_every == 0:
-                save(last_path, self.net, self.optimizer, self.scheduler, self.scaler, state, cfg, rt)
-            if cfg.max_steps and state["step"] >= cfg.max_steps:
-                break
-        return dict(epoch=epoch + 1, step=state["step"], loss=float(np.mean(losses)) if losses else None,
-                    lr=self.scheduler.get_last_lr()[0], seconds=round(time.time() - start, 1),
-                    unreadable_videos=reduce_sum(unreadable, rt))
-
-
-def train_micro_step(model, batch_data, cfg: Config, rt: Runtime, num_classes: int, accumulation: int, scaler,
-                     step: int, micro: int, sync: bool) -> float:
-    """Forward and backward of one micro-batch; gradients are all-reduced (DDP) only on the last micro-batch of an
-    optimizer step. Mixup/cutmix draw their randomness from (seed, rank, step, micro): a resumed run replays it."""
-    clips = batch_data["clips"].to(rt.device, non_blocking=True)  # [B, T, 3, H, W]
-    labels = batch_data["label"].to(rt.device, non_blocking=True)  # [B]
-    targets = labels
-    if cfg.mixup > 0 or cfg.cutmix > 0 or cfg.label_smoothing > 0:
-        generator = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + rt.rank) * 1_000_003 + step) * 64 + micro)
-        clips, targets = data.mixup_cutmix(clips, labels, num_classes, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
-                                           switch_prob=cfg.mixup_switch_prob, smoothing=cfg.label_smoothing,
-                                           generator=generator)
-    no_sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not sync else contextlib.nullcontext()
-    with no_sync:
-        with autocast(cfg, rt.device):
-            logits = model(clips)  # [B, C], or [B*T, C] for image-level fusion in training
-        loss = unwrap(model).loss(logits, targets, soft_loss=soft_cross_entropy) / accumulation
-        scaler.scale(loss).backward()
-    return loss.item() * accumulation
-
-
-def reduce_sum(value: int, rt: Runtime) -> int:
+def reduce_sum(values: list, rt: Runtime) -> list:
+    """Element-wise sum over processes of a few numbers."""
     if not rt.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.long, device=rt.device)
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
     dist.all_reduce(t)
-    return int(t.item())
+    return t.tolist()
 
 
 def final_evaluation(model, evals, cfg: Config, rt: Runtime, single_view=None):
@@ -804,19 +932,28 @@ def final_evaluation(model, evals, cfg: Config, rt: Runtime, single_view=None):
     return reports, summary
 
 
+UNREADABLE_WARNING = 0.01  # more than 1% of a split unreadable: said loudly, in the output and in metrics.json
+
+
+def unreadable_warnings(reports: dict) -> list:
+    """Unreadable videos count as wrong (evaluate); when they are more than a few, the accuracy says more about the
+    files than about the model, and the run says so."""
+    return [f"{name}: {r['unreadable']} of {r['videos']} videos unreadable, counted as wrong; check them with "
+            f"python data.py --check" for name, r in reports.items() if r["unreadable"] > UNREADABLE_WARNING * r["videos"]]
+
+
 def write_metrics(cfg: Config, rt: Runtime, reports: dict, summary: dict, history: list) -> dict:
     metrics = dict(summary=summary, reports=reports, history=history, config=dataclasses.asdict(cfg),
-                   code_version=code_version(), world_size=rt.world_size)
+                   code_version=code_version(), world_size=rt.world_size, warnings=unreadable_warnings(reports))
     if rt.is_main:
         os.makedirs(cfg.out, exist_ok=True)
-        tmp = os.path.join(cfg.out, "metrics.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(metrics, f, indent=2)
-        os.replace(tmp, os.path.join(cfg.out, "metrics.json"))
+        atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2))
         for name, r in reports.items():
             log(rt, f"{name:>20}: top-1 {r['top1']:.1f}  top-5 {r['top5']:.1f}  mean-class {r['mean_class']:.1f}  "
                     f"({r['videos']} videos, {r['unreadable']} unreadable)")
         log(rt, "summary: " + json.dumps({k: round(v, 2) for k, v in summary.items()}))
+        for warning in metrics["warnings"]:
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     return metrics
 
 
@@ -828,27 +965,73 @@ def save(path, net, optimizer, scheduler, scaler, state, cfg: Config, rt: Runtim
                      config=dataclasses.asdict(cfg)), path)
 
 
-def resume(path, net, optimizer, scheduler, scaler, cfg: Config) -> dict:
+def prepare_resume(cfg: Config, given: set, rt: Runtime) -> tuple:
+    """(the checkpoint to resume from, the interrupted run's configuration). A flag given now that would change what
+    the run computes must equal the interrupted run's value: we refuse rather than mix two runs in one."""
+    path = os.path.join(cfg.out, "last.pt") if cfg.resume == "last.pt" else cfg.resume
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume: {path} does not exist (nothing to resume in --out {cfg.out})")
+        raise UserError(f"--resume: {path} does not exist (nothing to resume; start the run without --resume)")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    vifi.load_trainable_state_dict(net, checkpoint["model"], source=path)
+    saved = dict(checkpoint["config"])
+    changed = [f"--{name.replace('_', '-')} {getattr(cfg, name)} (the run has {saved[name]})"
+               for name in sorted(given - RESUME_MAY_CHANGE) if name in saved and getattr(cfg, name) != saved[name]]
+    if changed:
+        raise UserError(f"--resume {path}: these flags would change the run: {'; '.join(changed)}")
+    for name in RESUME_MAY_CHANGE:  # these are this command's, given or default (workers: chosen for this machine)
+        saved[name] = getattr(cfg, name)
+    saved["out"] = cfg.out if "out" in given or cfg.resume == "last.pt" else os.path.dirname(path) or "."
+    saved["resume"] = path
+    return checkpoint, Config(**saved)
+
+
+def restore(checkpoint: dict, net, optimizer, scheduler, scaler) -> dict:
+    vifi.load_trainable_state_dict(net, checkpoint["model"], source="--resume checkpoint")
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     scaler.load_state_dict(checkpoint["scaler"])
     set_rng_states(checkpoint["rng"])
-    return checkpoint["state"]
+    return dict(checkpoint["state"], epoch_sums=checkpoint["state"].get("epoch_sums", [0.0, 0, 0, 0.0]))
 
 
-def main(argv=None):
-    cfg = parse_args(argv)
-    rt = setup_runtime(cfg)
+def write_log(out: str, history: list):
+    """log.jsonl: one line per finished epoch, rewritten from the checkpointed history (a few lines)."""
+    atomic_write_text(os.path.join(out, "log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+
+
+class UserError(ValueError):
+    """A mistake in the command line or the input files: reported in one line, without a traceback."""
+
+
+# What reading the user's input raises (our own checks, and the files and weights that fail to load). During setup these
+# are the user's to fix, so the command line prints them as one line.
+INPUT_ERRORS = (UserError, data.DatasetError, OSError, ValueError, RuntimeError, pickle.UnpicklingError)
+
+
+def main(argv=None, given=None):
+    if given is None:
+        cfg, given = parse_command_line(argv)
+    else:
+        cfg = parse_args(argv)
     try:
-        return train(cfg, rt)
+        rt = setup_runtime(cfg)
+    except (RuntimeError, ValueError) as e:  # e.g. --device cuda without a GPU, or a misspelt device
+        raise UserError(f"--device {cfg.device}: {e}") from e
+    try:
+        return train(cfg, rt, given)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
+def cli(argv=None) -> int:
+    """`python train.py ...`: a user error exits with status 2 and one line on stderr, before compute is spent."""
+    try:
+        main(argv)
+    except UserError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())
