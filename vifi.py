@@ -434,30 +434,23 @@ def convert_authors_state_dict(state_dict: dict, source: str = "state dict") -> 
     return clip_sd, prompt_sd, config
 
 
-def _clip_with_weights(base: Union[str, CLIP], clip_sd: dict, source: str) -> CLIP:
-    """A copy of the base CLIP with clip_sd loaded over it; everything but the token embeddings must come from
-    clip_sd."""
-    clip = clip_model.load(base) if isinstance(base, str) else copy.deepcopy(base)
-    try:
-        missing, unexpected = clip.load_state_dict(clip_sd, strict=False)
-    except RuntimeError as e:  # shape mismatch
-        raise ValueError(f"{source}: weights do not fit the base CLIP's architecture: {e}") from None
-    missing = [k for k in missing if k != "token_embedding.weight"]
-    if missing or unexpected:
-        raise ValueError(f"{source}: missing CLIP weights {_short(missing)}, unexpected keys {_short(unexpected)}")
-    return clip
-
-
 def load_authors_checkpoint(path: str, class_names: Sequence[str], base: Union[str, CLIP] = "ViT-B/16",
                             **kwargs) -> ViFiCLIP:
     """A ViFiCLIP with the weights of one of the authors' released checkpoints (fine-tuned, or prompt-tuned: the
-    prompt settings are read off the tensors). The token embeddings come from `base` (their files do not hold them;
-    all their models are ViT-B/16). kwargs go to ViFiCLIP; defaults train_mode="none", normalization="imagenet"."""
-    clip_sd, prompt_sd, prompt_config = convert_authors_state_dict(_model_entry(read_checkpoint(path)), path)
-    clip = _clip_with_weights(base, clip_sd, source=path)
-    kwargs = dict(dict(train_mode="none", normalization="imagenet"), **kwargs)
-    model = ViFiCLIP(clip, class_names, **prompt_config, **kwargs)
-    model.prompts.load_state_dict(prompt_sd, strict=True)
+    prompt settings are read off the tensors), loaded as load_weights loads them. The token embeddings come from
+    `base` (their files do not hold them; all their models are ViT-B/16). kwargs go to ViFiCLIP; defaults
+    train_mode="none", normalization="imagenet"."""
+    return _authors_model(read_checkpoint(path), path, class_names, base, **kwargs)
+
+
+def _authors_model(checkpoint, path: str, class_names: Sequence[str], base: Union[str, CLIP], **kwargs) -> ViFiCLIP:
+    if not is_authors_state_dict(_model_entry(checkpoint)):
+        raise ValueError(f"{path}: not one of the authors' checkpoints (no image_encoder weights)")
+    _, _, prompt_config = convert_authors_state_dict(_model_entry(checkpoint), path)
+    clip = clip_model.load(base) if isinstance(base, str) else copy.deepcopy(base)
+    model = ViFiCLIP(clip, class_names, **dict(dict(train_mode="none", normalization="imagenet"), **prompt_config,
+                                               **kwargs))
+    _load_checkpoint(model, checkpoint, path)
     return model
 
 
@@ -465,31 +458,64 @@ def load_authors_checkpoint(path: str, class_names: Sequence[str], base: Union[s
 # Starting a model from a checkpoint, and prompt checkpoints
 
 
-@torch.no_grad()
 def load_weights(model: ViFiCLIP, path: str) -> list:
-    """Copy the weights of a checkpoint into `model` (train.py --init-from; the bridged model of bridge and prompt).
-    Accepted: the authors' checkpoints (CLIP weights, and their prompts if they have any: then the model's prompt
-    settings must match), checkpoints written by train.py or with this model's state_dict() names ("clip.*",
-    "prompts.*"), prompt checkpoints (prompts.save_prompts), and CLIP state dicts in OpenAI's names. Shapes must fit
-    and unknown keys are an error; weights the file does not have are left as they are. Returns the names loaded."""
-    checkpoint = read_checkpoint(path)
+    """Copy the weights of a checkpoint into `model` (train.py --init-from; the bridged model of bridge and prompt),
+    strictly: what the file is must load whole, or nothing loads. Returns the names loaded.
+
+      the file                                    what it must hold
+      the authors' checkpoint                     every CLIP weight but the token embeddings (their files have none)
+      a CLIP state dict in OpenAI's names         every CLIP weight
+      a prompt checkpoint (prompts.save_prompts)  exactly the model's prompts
+      our names ("clip.*", "prompts.*")           whole parts: any part it has a weight of, it has all of
+
+    The parts: the image tower, the text tower, logit_scale, the token embeddings, the text prompts, the vision
+    prompts (the authors' prompts too are parts: every prompted layer of the model, or none). Parts are the unit
+    because our own checkpoints are partial by design: train.py saves the trainable parameters only (a prompt run's
+    best.pt holds just the prompts; a fine-tuned one everything but the frozen token embeddings), and a bridged
+    model's prompts start fresh (Sec. 5: bridge with a fine-tuned model, then prompt). What a file has no part of
+    keeps its values. An empty file, unknown keys, a wrong shape or a missing weight is an error naming the file
+    and the keys, raised before anything is copied."""
+    return _load_checkpoint(model, read_checkpoint(path), path)
+
+
+def _part(key: str) -> str:
+    """The part of a ViFiCLIP a state-dict name belongs to (load_weights loads whole parts)."""
+    for prefix in ("clip.visual.", "prompts.text.", "prompts.vision."):
+        if key.startswith(prefix):
+            return prefix
+    return key if key in ("clip.logit_scale", "clip.token_embedding.weight") else "clip.text tower"
+
+
+@torch.no_grad()
+def _load_checkpoint(model: ViFiCLIP, checkpoint, path: str) -> list:
+    own = model.state_dict()
     if isinstance(checkpoint, dict) and checkpoint.get("format") == prompts_module.PROMPT_CHECKPOINT_FORMAT:
         state_dict = {f"prompts.{k}": v for k, v in checkpoint["prompts"].items()}
+        required = [k for k in own if k.startswith("prompts.")]
     else:
         state_dict = _model_entry(checkpoint)
         if is_authors_state_dict(state_dict):
             clip_sd, prompt_sd, _ = convert_authors_state_dict(state_dict, path)
             state_dict = {**{f"clip.{k}": v for k, v in clip_sd.items()},
                           **{f"prompts.{k}": v for k, v in prompt_sd.items()}}
-        elif not any(k.startswith(("clip.", "prompts.")) for k in state_dict):  # a CLIP in OpenAI's names
+            required = [k for k in own if k.startswith("clip.") and k != "clip.token_embedding.weight"]
+        elif any(k.startswith(("clip.", "prompts.")) for k in state_dict):
+            required = []
+        else:  # a CLIP in OpenAI's names (or nothing at all)
             state_dict = {f"clip.{k}": v for k, v in state_dict.items() if k not in clip_model.OPENAI_METADATA_KEYS}
-    own = model.state_dict()
+            required = [k for k in own if k.startswith("clip.")]
     unexpected = [k for k in state_dict if k not in own]
     if unexpected:
         raise ValueError(f"{path}: keys this model does not have (check the prompt settings): {_short(unexpected)}")
+    parts = {_part(k) for k in state_dict}
+    missing = [k for k in own if k not in state_dict and (k in required or _part(k) in parts)]
+    if missing or not state_dict:
+        what = "holds none of this model's weights" if not state_dict else "is incomplete, nothing was loaded"
+        raise ValueError(f"{path}: {what}; missing {_short(missing)}")
     for k, v in state_dict.items():
         if own[k].shape != v.shape:
             raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, this model's is {tuple(own[k].shape)}")
+    for k, v in state_dict.items():
         own[k].copy_(v)  # state_dict() tensors share storage with the parameters
     return sorted(state_dict)
 
@@ -501,12 +527,12 @@ def _load_base(ref: Union[str, CLIP]) -> tuple:
         return ref, None
     if os.path.isfile(ref):
         try:
-            state_dict = _model_entry(read_checkpoint(ref))
+            checkpoint = read_checkpoint(ref)
+            authors = is_authors_state_dict(_model_entry(checkpoint))
         except (pickle.UnpicklingError, RuntimeError, ValueError):  # TorchScript, safetensors...: clip_model's job
-            state_dict = {}
-        if is_authors_state_dict(state_dict):
-            clip_sd, _, _ = convert_authors_state_dict(state_dict, ref)  # prompts in a base are not used
-            return _clip_with_weights("ViT-B/16", clip_sd, source=ref), "imagenet"
+            authors = False
+        if authors:  # its prompts, if it has any, are not used: a base is the bridged CLIP
+            return _authors_model(checkpoint, ref, ["-"], "ViT-B/16").clip, "imagenet"
     return clip_model.load(ref), "clip"
 
 

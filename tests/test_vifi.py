@@ -423,8 +423,34 @@ def test_authors_checkpoint_with_unknown_or_missing_keys_is_refused(clip, tmp_pa
         vifi.load_authors_checkpoint(str(tmp_path / "extra.pth"), NAMES, base=clip)
     missing = collections.OrderedDict((k, v) for k, v in state.items() if "ln_post.bias" not in k)
     torch.save({"model": missing}, tmp_path / "missing.pth")
-    with pytest.raises(ValueError, match=r"missing\.pth: missing CLIP weights \['visual\.ln_post\.bias'\]"):
+    with pytest.raises(ValueError, match=r"missing\.pth: .*missing \['clip\.visual\.ln_post\.bias'\]"):
         vifi.load_authors_checkpoint(str(tmp_path / "missing.pth"), NAMES, base=clip)
+
+
+def assert_refused_untouched(model, path, match):
+    """load_weights refuses the file, and the model keeps every value it had: nothing loads partly."""
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        vifi.load_weights(model, str(path))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_load_weights_refuses_an_authors_checkpoint_that_lacks_a_weight(clip, tmp_path, fake_yacs):
+    """The same rule as load_authors_checkpoint: every CLIP weight but the token embeddings, and every layer of the
+    prompts it holds. (Before: the base values stayed, without a word.)"""
+    trained = randomize_prompts(build(random_clip(seed=5), train_mode="none", **DEEP))
+    state = authors_state_dict(trained)
+    torch.save({"model": {k: v for k, v in state.items() if "ln_post.bias" not in k}}, tmp_path / "nobias.pth")
+    assert_refused_untouched(build(clip, **DEEP), tmp_path / "nobias.pth",
+                             r"nobias\.pth: .*missing \['clip\.visual\.ln_post\.bias'\]")
+    deepest = f"module.text_encoder.transformer.resblocks.{DEEP['depth_text'] - 1}.VPT_shallow"
+    torch.save({"model": {k: v for k, v in state.items() if k != deepest}}, tmp_path / "shallow.pth")
+    assert_refused_untouched(build(clip, **DEEP), tmp_path / "shallow.pth",
+                             rf"shallow\.pth: .*missing \['prompts\.text\.{DEEP['depth_text'] - 1}'\]")
+    # a shape error on the last key is found before anything is copied
+    wrong = dict(state, **{"module.logit_scale": torch.zeros(2)})
+    torch.save({"model": wrong}, tmp_path / "shape.pth")
+    assert_refused_untouched(build(clip, **DEEP), tmp_path / "shape.pth", r"shape\.pth: clip\.logit_scale has shape")
 
 
 def test_checkpoint_that_would_run_code_is_refused(tmp_path):
@@ -467,6 +493,33 @@ def test_load_weights_from_our_and_openai_names(clip, tmp_path):
     with pytest.raises(ValueError, match=r"clip\.pt: keys this model does not have"):
         torch.save(dict(source.clip.state_dict(), extra=torch.zeros(1)), tmp_path / "clip.pt")
         vifi.load_weights(target, str(tmp_path / "clip.pt"))
+
+
+def test_load_weights_refuses_files_without_the_models_weights(clip, tmp_path):
+    """train.py --init-from a file that holds none of the model's weights would train from the base model."""
+    for name, content in (("empty.pt", {}), ("empty_model.pt", {"model": {}, "config": {}})):
+        torch.save(content, tmp_path / name)
+        assert_refused_untouched(build(clip, **DEEP), tmp_path / name,
+                                 rf"{name.replace('.', '[.]')}: .*missing \['clip\.")
+
+
+def test_load_weights_takes_whole_parts_of_our_checkpoints(clip, tmp_path):
+    """train.py's checkpoints hold the trainable parameters only (a prompt run: the prompts); each part a file
+    holds (a tower, logit_scale, the token embeddings, the text or vision prompts) must be whole."""
+    source = randomize_prompts(build(random_clip(seed=7), train_mode="prompts", **DEEP))
+    torch.save({"model": vifi.trainable_state_dict(source)}, tmp_path / "best.pt")
+    target = build(clip, train_mode="prompts", **DEEP)
+    vifi.load_weights(target, str(tmp_path / "best.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(target.prompts.parameters(), source.prompts.parameters()))
+    assert torch.equal(target.clip.visual.conv1.weight, clip.visual.conv1.weight)  # not in the file: kept
+    partial = {k: v for k, v in vifi.trainable_state_dict(source).items() if k != "prompts.vision.1"}
+    torch.save({"model": partial}, tmp_path / "partial.pt")
+    assert_refused_untouched(build(clip, **DEEP), tmp_path / "partial.pt",
+                             r"partial\.pt: .*missing \['prompts\.vision\.1'\]")
+    both = build(random_clip(seed=7), train_mode="both")
+    partial = {k: v for k, v in vifi.trainable_state_dict(both).items() if k != "clip.ln_final.bias"}
+    torch.save({"model": partial}, tmp_path / "partial.pt")
+    assert_refused_untouched(build(clip), tmp_path / "partial.pt", r"partial\.pt: .*missing \['clip\.ln_final\.bias'\]")
 
 
 def test_prompt_checkpoint_round_trip_on_its_bridged_model(tmp_path):
