@@ -72,7 +72,7 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -448,9 +448,9 @@ def _authors_model(checkpoint, path: str, class_names: Sequence[str], base: Unio
         raise ValueError(f"{path}: not one of the authors' checkpoints (no image_encoder weights)")
     _, _, prompt_config = convert_authors_state_dict(_model_entry(checkpoint), path)
     clip = clip_model.load(base) if isinstance(base, str) else copy.deepcopy(base)
-    model = ViFiCLIP(clip, class_names, **dict(dict(train_mode="none", normalization="imagenet"), **prompt_config,
-                                               **kwargs))
+    model = ViFiCLIP(clip, class_names, **dict(dict(train_mode="none"), **prompt_config, **kwargs))
     _load_checkpoint(model, checkpoint, path)
+    model.normalization = kwargs.get("normalization", model.normalization)  # given explicitly: it stands
     return model
 
 
@@ -458,15 +458,22 @@ def _authors_model(checkpoint, path: str, class_names: Sequence[str], base: Unio
 # Starting a model from a checkpoint, and prompt checkpoints
 
 
-def load_weights(model: ViFiCLIP, path: str) -> list:
-    """Copy the weights of a checkpoint into `model` (train.py --init-from; the bridged model of bridge and prompt),
-    strictly: what the file is must load whole, or nothing loads. Returns the names loaded.
+class Loaded(NamedTuple):
+    """What load_weights found in a file and did."""
+    format: str  # "authors", "openai", "prompts" or "ours" (load_weights' table)
+    keys: list  # the names loaded (the model's state-dict names), sorted
+    normalization: Optional[str]  # the pixel statistics the weights expect, now model.normalization; None: unsaid
 
-      the file                                    what it must hold
-      the authors' checkpoint                     every CLIP weight but the token embeddings (their files have none)
-      a CLIP state dict in OpenAI's names         every CLIP weight
-      a prompt checkpoint (prompts.save_prompts)  exactly the model's prompts
-      our names ("clip.*", "prompts.*")           whole parts: any part it has a weight of, it has all of
+
+def load_weights(model: ViFiCLIP, path: str) -> Loaded:
+    """Copy the weights of a checkpoint into `model` (train.py --init-from; the bridged model of bridge and prompt),
+    strictly: what the file is must load whole, or nothing loads. Returns Loaded(format, keys, normalization).
+
+      format   the file                             what it must hold
+      authors  the authors' checkpoint              every CLIP weight but the token embeddings (their files have none)
+      openai   a CLIP state dict in OpenAI's names  every CLIP weight
+      prompts  a prompt checkpoint (save_prompts)   exactly the model's prompts
+      ours     our names ("clip.*", "prompts.*")    whole parts: any part it has a weight of, it has all of
 
     The parts: the image tower, the text tower, logit_scale, the token embeddings, the text prompts, the vision
     prompts (the authors' prompts too are parts: every prompted layer of the model, or none). Parts are the unit
@@ -474,7 +481,12 @@ def load_weights(model: ViFiCLIP, path: str) -> list:
     best.pt holds just the prompts; a fine-tuned one everything but the frozen token embeddings), and a bridged
     model's prompts start fresh (Sec. 5: bridge with a fine-tuned model, then prompt). What a file has no part of
     keeps its values. An empty file, unknown keys, a wrong shape or a missing weight is an error naming the file
-    and the keys, raised before anything is copied."""
+    and the keys, raised before anything is copied.
+
+    The weights' pixel statistics come with them, into model.normalization (which classify uses): ImageNet's for
+    the authors' checkpoints (their data pipeline normalised with them), CLIP's for OpenAI's CLIP, the run's
+    --normalization for train.py's checkpoints (their "config"); a prompt checkpoint, or our names without a config,
+    leave it as it is (Loaded.normalization None)."""
     return _load_checkpoint(model, read_checkpoint(path), path)
 
 
@@ -487,21 +499,25 @@ def _part(key: str) -> str:
 
 
 @torch.no_grad()
-def _load_checkpoint(model: ViFiCLIP, checkpoint, path: str) -> list:
-    own = model.state_dict()
+def _load_checkpoint(model: ViFiCLIP, checkpoint, path: str) -> Loaded:
+    own, normalization = model.state_dict(), None
     if isinstance(checkpoint, dict) and checkpoint.get("format") == prompts_module.PROMPT_CHECKPOINT_FORMAT:
-        state_dict = {f"prompts.{k}": v for k, v in checkpoint["prompts"].items()}
+        form, state_dict = "prompts", {f"prompts.{k}": v for k, v in checkpoint["prompts"].items()}
         required = [k for k in own if k.startswith("prompts.")]
     else:
         state_dict = _model_entry(checkpoint)
         if is_authors_state_dict(state_dict):
+            form, normalization = "authors", "imagenet"
             clip_sd, prompt_sd, _ = convert_authors_state_dict(state_dict, path)
             state_dict = {**{f"clip.{k}": v for k, v in clip_sd.items()},
                           **{f"prompts.{k}": v for k, v in prompt_sd.items()}}
             required = [k for k in own if k.startswith("clip.") and k != "clip.token_embedding.weight"]
         elif any(k.startswith(("clip.", "prompts.")) for k in state_dict):
-            required = []
+            form, required, config = "ours", [], checkpoint.get("config")
+            if isinstance(config, dict) and config.get("normalization") in NORMALIZATIONS:
+                normalization = config["normalization"]  # the run's (train.py saves its configuration)
         else:  # a CLIP in OpenAI's names (or nothing at all)
+            form, normalization = "openai", "clip"
             state_dict = {f"clip.{k}": v for k, v in state_dict.items() if k not in clip_model.OPENAI_METADATA_KEYS}
             required = [k for k in own if k.startswith("clip.")]
     unexpected = [k for k in state_dict if k not in own]
@@ -517,7 +533,8 @@ def _load_checkpoint(model: ViFiCLIP, checkpoint, path: str) -> list:
             raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, this model's is {tuple(own[k].shape)}")
     for k, v in state_dict.items():
         own[k].copy_(v)  # state_dict() tensors share storage with the parameters
-    return sorted(state_dict)
+    model.normalization = normalization or model.normalization
+    return Loaded(form, sorted(state_dict), normalization)
 
 
 def _load_base(ref: Union[str, CLIP]) -> tuple:

@@ -408,7 +408,9 @@ def test_authors_checkpoint_loads_and_gives_the_same_logits(clip, tmp_path, fake
         torch.testing.assert_close(loaded.eval()(videos()), trained.eval()(videos()), atol=0, rtol=0)
     # load_weights (train.py --init-from) reads the same file into an existing model
     target = build(base, train_mode="both", **(DEEP if prompted else {}))
-    vifi.load_weights(target, str(path))
+    loaded = vifi.load_weights(target, str(path))
+    assert loaded.format == "authors" and loaded.normalization == "imagenet" == target.normalization
+    assert loaded.keys == sorted(k for k in target.state_dict() if k != "clip.token_embedding.weight")
     target.set_class_names(NOVEL)
     with torch.no_grad():
         torch.testing.assert_close(target.eval()(videos()), trained(videos()), atol=0, rtol=0)
@@ -484,11 +486,18 @@ def test_load_weights_from_our_and_openai_names(clip, tmp_path):
     torch.save({"model": vifi.trainable_state_dict(source), "config": {"clip": "x"}}, tmp_path / "last.pt")
     target = build(clip, train_mode="prompts", **DEEP)
     loaded = vifi.load_weights(target, str(tmp_path / "last.pt"))
-    assert "clip.token_embedding.weight" not in loaded and "prompts.text.0" not in loaded  # 'both' trains neither
-    assert all(torch.equal(target.state_dict()[k], source.state_dict()[k]) for k in loaded)
+    assert loaded.format == "ours" and loaded.normalization is None and target.normalization == "clip"
+    assert "clip.token_embedding.weight" not in loaded.keys  # 'both' trains neither
+    assert "prompts.text.0" not in loaded.keys
+    assert all(torch.equal(target.state_dict()[k], source.state_dict()[k]) for k in loaded.keys)
+    # train.py's checkpoints carry the run's configuration: the weights keep the pixel statistics they learnt with
+    torch.save({"model": vifi.trainable_state_dict(source), "config": {"normalization": "imagenet"}},
+               tmp_path / "best.pt")
+    assert vifi.load_weights(target, str(tmp_path / "best.pt")).normalization == "imagenet" == target.normalization
     torch.save(source.clip.state_dict(), tmp_path / "clip.pt")  # OpenAI's names
-    target = build(clip, train_mode="both")
-    vifi.load_weights(target, str(tmp_path / "clip.pt"))
+    target = build(clip, train_mode="both", normalization="imagenet")
+    loaded = vifi.load_weights(target, str(tmp_path / "clip.pt"))
+    assert loaded.format == "openai" and loaded.normalization == "clip" == target.normalization
     assert all(torch.equal(v, source.clip.state_dict()[k]) for k, v in target.clip.state_dict().items())
     with pytest.raises(ValueError, match=r"clip\.pt: keys this model does not have"):
         torch.save(dict(source.clip.state_dict(), extra=torch.zeros(1)), tmp_path / "clip.pt")
@@ -533,7 +542,8 @@ def test_prompt_checkpoint_round_trip_on_its_bridged_model(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(videos()), model.eval()(videos()), atol=0, rtol=0)
     target = build(bridged, train_mode="prompts", **DEEP)  # load_weights also takes prompt checkpoints
-    vifi.load_weights(target, str(tmp_path / "prompts.pt"))
+    loaded = vifi.load_weights(target, str(tmp_path / "prompts.pt"))
+    assert loaded.format == "prompts" and loaded.normalization is None and target.normalization == "clip"
     assert all(torch.equal(a, b) for a, b in zip(target.prompts.parameters(), model.prompts.parameters()))
     torch.save(random_clip(seed=9).state_dict(), base_path)  # the bridged model changed under the prompts
     with pytest.raises(ValueError, match=r"prompts\.pt: its prompts were trained on .*bridged\.pt \(SHA-256"):
@@ -575,3 +585,30 @@ def test_classify_ranks_the_classes_of_a_video(clip, tmp_path):
     with torch.no_grad():
         expected = model.eval()(frames[None], class_names=NOVEL)[0].softmax(-1)
     assert dict(ranked) == pytest.approx(dict(zip(NOVEL, expected.tolist())), abs=1e-6)
+
+
+def test_readme_example_gives_the_authors_weights_their_pixel_statistics(tmp_path, fake_yacs, monkeypatch):
+    """README, "Your own video", as written but on the tiny CLIP: the authors' weights were trained on
+    ImageNet-normalised frames, so after load_weights classify must normalise with ImageNet's statistics."""
+    import data
+    trained = vifi.ViFiCLIP(clip_model.load(clip_model.TINY_MODEL_NAME), ["dancing", "swimming"], train_mode="none")
+    save_authors_checkpoint(tmp_path / "vifi_clip_k400.pth", trained, fake_yacs)
+    write_video(tmp_path / "my_video.mp4")
+    monkeypatch.chdir(tmp_path)
+    # the README's lines ("miniworld-tiny" for "ViT-B/16"; classify's answer kept for the checks below)
+    model = vifi.ViFiCLIP(clip_model.load("miniworld-tiny"), ["dancing", "swimming"], templates="a photo of a {}.")
+    vifi.load_weights(model, "vifi_clip_k400.pth")      # optional: the authors' released ViFi-CLIP weights
+    ranked = vifi.classify(model, "my_video.mp4", ["dancing", "swimming", "cooking"])
+    print(ranked)
+
+    names = ["dancing", "swimming", "cooking"]
+
+    def probabilities(norm):  # what classify computes, on frames normalised with `norm`
+        frames = data.VideoDataset("", [("my_video.mp4", 0)], num_frames=8, norm=norm,
+                                   input_size=model.clip.visual.input_resolution).load(0)
+        with torch.no_grad():
+            return dict(zip(names, model.eval()(frames[None], class_names=names)[0].softmax(-1).tolist()))
+
+    assert model.normalization == "imagenet"
+    assert dict(ranked) == pytest.approx(probabilities("imagenet"), abs=1e-6)
+    assert dict(ranked) != pytest.approx(probabilities("clip"), abs=1e-6)
