@@ -40,7 +40,9 @@ call clear_text_cache() after one.)
 Prompt templates, `templates=`: the authors fine-tune and evaluate with FINETUNE_TEMPLATE "a photo of a {}." and
 report vanilla CLIP zero-shot with the bare class name, ZERO_SHOT_TEMPLATE "{}". A list of templates is averaged
 (prompt ensembling: the mean of the normalised embeddings, normalised again). With learned text prompts the default
-is "{}.": the learned tokens stand where "a photo of a" stood. Underscores in class names become spaces.
+is "{}.": the learned tokens stand where "a photo of a" stood; fewer than its 4 tokens, started from its words,
+leave the others in the prompt ("of a {}." for 2, as in the authors' code). Underscores in class names become
+spaces.
 
 The authors' released checkpoints (load_authors_checkpoint, load_weights): a .pth whose "model" entry is the
 state dict of their DistributedDataParallel-wrapped model. Key mapping (after removing their "module." prefix):
@@ -389,6 +391,8 @@ def _model_entry(checkpoint) -> dict:
 
 _AUTHORS_IGNORED = ("prompt_learner.complete_text_embeddings", "prompt_learner.token_prefix",
                     "prompt_learner.token_suffix")
+# Their CTX_INIT in every config they ship (and their default); the file's own copy of the config is not read.
+_AUTHORS_CTX_INIT = "a photo of a"
 _AUTHORS_DEEP_PROMPT = re.compile(r"(image|text)_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow")
 
 
@@ -398,7 +402,12 @@ def is_authors_state_dict(state_dict: dict) -> bool:
 
 def convert_authors_state_dict(state_dict: dict, source: str = "state dict") -> tuple:
     """The authors' ViFiCLIP state dict -> (CLIP state dict in OpenAI's names without token_embedding.weight,
-    PromptLearner state dict, PromptLearner config). Unknown keys are an error."""
+    PromptLearner state dict, PromptLearner config). Unknown keys are an error.
+
+    Their prompt learner starts the text tokens from the words of CTX_INIT when there are at most 4 of them (the
+    tokens of "a photo of a"), and builds every class prompt as "<sot> [ctx] rest {name}.": with 2 tokens the rest
+    is "of a", kept as fixed words; with 4 or more (random start) nothing. prompts.PromptLearner does the same from
+    ctx_init, which the config therefore carries."""
     clip_sd, layers, unknown = {}, {"text": {}, "vision": {}}, []
     for key, value in state_dict.items():
         k = key[len("module."):] if key.startswith("module.") else key  # DistributedDataParallel's prefix
@@ -421,7 +430,7 @@ def convert_authors_state_dict(state_dict: dict, source: str = "state dict") -> 
             unknown.append(key)
     if unknown:
         raise ValueError(f"{source}: keys that are not part of the authors' ViFi-CLIP: {_short(unknown)}")
-    config, prompt_sd = dict(ctx_init=None), {}
+    config, prompt_sd = dict(ctx_init=_AUTHORS_CTX_INIT), {}
     for tower, found in layers.items():
         if sorted(found) != list(range(len(found))):
             raise ValueError(f"{source}: {tower} prompts at layers {sorted(found)}; expected layers 0 .. d-1")
@@ -438,8 +447,9 @@ def load_authors_checkpoint(path: str, class_names: Sequence[str], base: Union[s
                             **kwargs) -> ViFiCLIP:
     """A ViFiCLIP with the weights of one of the authors' released checkpoints (fine-tuned, or prompt-tuned: the
     prompt settings are read off the tensors), loaded as load_weights loads them. The token embeddings come from
-    `base` (their files do not hold them; all their models are ViT-B/16). kwargs go to ViFiCLIP; defaults
-    train_mode="none", normalization="imagenet"."""
+    `base` (their files do not hold them; all their models are ViT-B/16). kwargs go to ViFiCLIP and override what
+    the file implies (e.g. ctx_init=None for a model trained without CTX_INIT; see convert_authors_state_dict);
+    defaults train_mode="none", normalization="imagenet"."""
     return _authors_model(read_checkpoint(path), path, class_names, base, **kwargs)
 
 
@@ -448,7 +458,7 @@ def _authors_model(checkpoint, path: str, class_names: Sequence[str], base: Unio
         raise ValueError(f"{path}: not one of the authors' checkpoints (no image_encoder weights)")
     _, _, prompt_config = convert_authors_state_dict(_model_entry(checkpoint), path)
     clip = clip_model.load(base) if isinstance(base, str) else copy.deepcopy(base)
-    model = ViFiCLIP(clip, class_names, **dict(dict(train_mode="none"), **prompt_config, **kwargs))
+    model = ViFiCLIP(clip, class_names, **{"train_mode": "none", **prompt_config, **kwargs})  # kwargs win
     _load_checkpoint(model, checkpoint, path)
     model.normalization = kwargs.get("normalization", model.normalization)  # given explicitly: it stands
     return model

@@ -401,8 +401,8 @@ def test_authors_checkpoint_loads_and_gives_the_same_logits(clip, tmp_path, fake
         base.token_embedding.weight.copy_(trained.clip.token_embedding.weight)
     loaded = vifi.load_authors_checkpoint(str(path), NOVEL, base=base)
     assert loaded.normalization == "imagenet" and loaded.train_mode == "none"
-    assert loaded.prompts.config() == (dict(DEEP, ctx_init=None) if prompted else
-                                       dict(n_ctx_text=0, depth_text=0, n_ctx_vision=0, depth_vision=0, ctx_init=None))
+    assert loaded.prompts.config() == dict(DEEP if prompted else dict(n_ctx_text=0, depth_text=0, n_ctx_vision=0,
+                                                                      depth_vision=0), ctx_init="a photo of a")
     trained.set_class_names(NOVEL)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(videos()), trained.eval()(videos()), atol=0, rtol=0)
@@ -414,6 +414,27 @@ def test_authors_checkpoint_loads_and_gives_the_same_logits(clip, tmp_path, fake
     target.set_class_names(NOVEL)
     with torch.no_grad():
         torch.testing.assert_close(target.eval()(videos()), trained(videos()), atol=0, rtol=0)
+
+
+def test_authors_prompts_shorter_than_their_init_words_keep_the_other_words(clip, tmp_path, fake_yacs):
+    """Their prompt learner with CTX_INIT "a photo of a" (4 tokens) and N_CTX_TEXT <= 4 learns the first N_CTX
+    tokens and keeps the rest as words of every class prompt: 2 tokens give "<sot> [ctx] of a {name}.". Started
+    from the words' own embeddings, that is plain CLIP's "a photo of a {name}." (not "a photo {name}.")."""
+    two = build(clip, train_mode="none", n_ctx_text=2, depth_text=1, ctx_init=None)
+    with torch.no_grad():
+        two.prompts.text[0].copy_(clip.token_embedding.weight[tokenize("a photo")[0, 1:3]])
+    torch.save({"model": authors_state_dict(two)}, tmp_path / "two_tokens.pth")
+    loaded = vifi.load_authors_checkpoint(str(tmp_path / "two_tokens.pth"), NAMES, base=clip)
+    assert loaded.templates == ("of a {}.",)
+    with torch.no_grad():
+        expected = F.normalize(clip.encode_text(tokenize([f"a photo of a {n.replace('_', ' ')}." for n in NAMES])),
+                               dim=-1)
+        torch.testing.assert_close(loaded.text_features(), expected)
+    # what the file does not say can be given (it used to be "TypeError: multiple values for ctx_init")
+    other = vifi.load_authors_checkpoint(str(tmp_path / "two_tokens.pth"), NAMES, base=clip, ctx_init=None)
+    assert other.templates == ("{}.",) and other.prompts.ctx_init is None
+    other = vifi.load_authors_checkpoint(str(tmp_path / "two_tokens.pth"), NAMES, base=clip, templates="{} video.")
+    assert other.templates == ("{} video.",)
 
 
 def test_authors_checkpoint_with_unknown_or_missing_keys_is_refused(clip, tmp_path, fake_yacs):
