@@ -39,6 +39,7 @@ Clips
     mixup_cutmix(clips, labels, num_classes, ...) -> (clips, soft_targets)   (training option)
     check_videos(root, samples, num_frames=8, workers=0) -> list[(relpath, reason)]
     command line: python data.py --check ROOT LIST LABELS [--workers N]
+        exit status 0: every video readable, 1: unreadable videos (listed), 2: bad arguments or list files
 
 Bad videos: the contract for train.py and the evaluator
     A missing, empty, truncated (less than half of its frames decodable) or undecodable video raises
@@ -747,7 +748,9 @@ def check_videos(root, samples, num_frames=8, workers=0):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="ViFi-CLIP data tools")
+    ap = argparse.ArgumentParser(description="ViFi-CLIP data tools", epilog=(
+        "exit status: 0 every video readable; 1 unreadable videos found (listed on stdout with the reason); 2 bad "
+        "arguments, or a list or labels file missing or malformed (one line on stderr names the file and line)"))
     ap.add_argument("--check", nargs=3, metavar=("ROOT", "LIST", "LABELS"),
                     help="decode 8 frames spread over every video of LIST under ROOT; list the unreadable ones")
     ap.add_argument("--workers", type=int, default=0)
@@ -756,8 +759,19 @@ def main(argv=None):
         ap.print_help()
         return 2
     root, list_path, labels = args.check
-    names = read_labels(labels)
-    samples = read_list(list_path, len(names))
+    names = None
+    try:
+        if not os.path.isdir(root):
+            raise DatasetError(f"{root}: ROOT is not a folder")
+        names = read_labels(labels)
+        samples = read_list(list_path, len(names))
+    except (DatasetError, OSError, UnicodeDecodeError) as e:  # the user's input: one line, not a traceback
+        if isinstance(e, OSError) and e.filename:
+            e = f"{e.filename}: {e.strerror}"
+        elif isinstance(e, UnicodeDecodeError):
+            e = f"{labels if names is None else list_path}: not UTF-8 text ({e.reason})"
+        print(f"data.py --check: {e}", file=sys.stderr)
+        return 2
     bad = check_videos(root, samples, workers=args.workers)
     for path, why in bad:
         print(f"{path}\t{why}")
