@@ -39,6 +39,7 @@ Clips
     mixup_cutmix(clips, labels, num_classes, ...) -> (clips, soft_targets)   (training option)
     check_videos(root, samples, num_frames=8, workers=0) -> list[(relpath, reason)]
     command line: python data.py --check ROOT LIST LABELS [--workers N]
+        exit status 0: every video readable, 1: unreadable videos (listed), 2: bad arguments or list files
 
 Bad videos: the contract for train.py and the evaluator
     A missing, empty, truncated (less than half of its frames decodable) or undecodable video raises
@@ -57,7 +58,7 @@ Bad videos: the contract for train.py and the evaluator
           correct += ((pred == batch["label"]) & batch["ok"]).sum();  total += len(batch["ok"])
           failed += (~batch["ok"]).sum()       # shown in the report
       so the evaluation DataLoader must not use drop_last=True.
-    Also: ds.num_failures() counts every time an unreadable video was met in any worker (cumulative), and
+    Also: ds.num_failures() is the number of distinct unreadable videos met so far in any worker, and
     ds.failed_videos() lists their paths. A video found bad once is not decoded again by that dataset.
 
 Determinism
@@ -611,7 +612,7 @@ class VideoDataset(torch.utils.data.Dataset):
         self.augment = augment
         # Shared memory: visible to (and written by) every DataLoader worker process.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self._failures = torch.zeros(len(self.samples), dtype=torch.int32).share_memory_()
+        self._failed = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()  # per sample
 
     def __len__(self):
         return len(self.samples)
@@ -621,11 +622,12 @@ class VideoDataset(torch.utils.data.Dataset):
         self._epoch[0] = epoch
 
     def num_failures(self):
-        """Number of times an unreadable video was met (replaced in training, flagged in evaluation)."""
-        return int(self._failures.sum())
+        """Number of distinct unreadable videos met so far (each replaced in training, flagged in evaluation, as
+        often as it is asked for; the per-epoch count is the batches' ok flags)."""
+        return int(self._failed.sum())
 
     def failed_videos(self):
-        return [self.samples[i][0] for i in torch.nonzero(self._failures).flatten().tolist()]
+        return [self.samples[i][0] for i in torch.nonzero(self._failed).flatten().tolist()]
 
     def generator(self, index, step=0):
         """The training randomness of sample `index` this epoch (step > 0: its step-th replacement)."""
@@ -650,14 +652,13 @@ class VideoDataset(torch.utils.data.Dataset):
         return torch.cat(views) if len(views) > 1 else views[0]  # [num_clips * num_crops * T, 3, S, S]
 
     def _try(self, index, generator=None):
-        if self._failures[index] > 0:  # known bad: do not decode again
-            self._failures[index] += 1
+        if self._failed[index]:  # known bad: do not decode again
             return None
         try:
             return self.load(index, generator)
         except _DECODE_ERRORS as e:
             log.warning("unreadable video %s: %s", self.samples[index][0], e)
-            self._failures[index] += 1
+            self._failed[index] = True
             return None
 
     def __getitem__(self, index):
@@ -747,7 +748,9 @@ def check_videos(root, samples, num_frames=8, workers=0):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="ViFi-CLIP data tools")
+    ap = argparse.ArgumentParser(description="ViFi-CLIP data tools", epilog=(
+        "exit status: 0 every video readable; 1 unreadable videos found (listed on stdout with the reason); 2 bad "
+        "arguments, or a list or labels file missing or malformed (one line on stderr names the file and line)"))
     ap.add_argument("--check", nargs=3, metavar=("ROOT", "LIST", "LABELS"),
                     help="decode 8 frames spread over every video of LIST under ROOT; list the unreadable ones")
     ap.add_argument("--workers", type=int, default=0)
@@ -756,8 +759,19 @@ def main(argv=None):
         ap.print_help()
         return 2
     root, list_path, labels = args.check
-    names = read_labels(labels)
-    samples = read_list(list_path, len(names))
+    names = None
+    try:
+        if not os.path.isdir(root):
+            raise DatasetError(f"{root}: ROOT is not a folder")
+        names = read_labels(labels)
+        samples = read_list(list_path, len(names))
+    except (DatasetError, OSError, UnicodeDecodeError) as e:  # the user's input: one line, not a traceback
+        if isinstance(e, OSError) and e.filename:
+            e = f"{e.filename}: {e.strerror}"
+        elif isinstance(e, UnicodeDecodeError):
+            e = f"{labels if names is None else list_path}: not UTF-8 text ({e.reason})"
+        print(f"data.py --check: {e}", file=sys.stderr)
+        return 2
     bad = check_videos(root, samples, workers=args.workers)
     for path, why in bad:
         print(f"{path}\t{why}")
