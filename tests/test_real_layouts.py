@@ -1,16 +1,21 @@
 """The datasets as their users download them: HMDB-51 in class folders, UCF-101 as UCF-101/<Class>/v_*.avi, Kinetics
 as train|val/<class>/<youtube_id>_<start>_<end>.mp4. Every listed video is found (data.resolve, through the cached
-index) and decodes; a list whose videos are not there stops at once with one line.
+index), decodes, and trains; an empty or wrong root stops at once with one line, before any weights are fetched.
 
 Videos are tiny (32x32, 4 frames) and named after the shipped lists; where only finding matters, empty files stand in.
 """
 import os
+import time
 
 import av
 import numpy as np
 import pytest
+import torch
 
+import clip_model
 import data
+import miniworld
+import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = os.path.join(ROOT, "splits", "datasets_splits")
@@ -222,3 +227,60 @@ def test_check_command_finds_videos_by_name(tmp_path, capsys):
     assert data.main(["--check", str(tmp_path / "hmdb51"), str(tmp_path / "val.txt"), HMDB_LABELS]) == 1
     out, err = capsys.readouterr()
     assert out == f"absent.avi\tnot found under {tmp_path / 'hmdb51'}\n" and "1 of 5 videos unreadable" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# train.py on a layout as downloaded
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("clip") / "tiny.pt"
+    torch.save(clip_model.CLIP(**miniworld.TINY_CONFIG).state_dict(), path)
+    return str(path)
+
+
+def test_training_on_hmdb_class_folders(tmp_path, tiny_clip, one_thread):
+    """Three HMDB-51 classes in class folders, lists in the authors' format with the shipped names."""
+    names = data.read_labels(HMDB_LABELS)
+    classes = [0, 1, 2]
+    relabel = lambda samples: [(p, classes.index(y)) for p, y in samples]
+    train_samples = first_of_classes(
+        data.read_list(os.path.join(SPLITS, "hmdb_splits", "train1_few_shot_2.txt"), len(names)), classes, 2)
+    val_samples = first_of_classes(data.read_list(HMDB_VAL1, len(names)), classes, 2)
+    root = tmp_path / "hmdb51"
+    for p, y in train_samples + val_samples:
+        tiny_video(root / hmdb_folder(names[y]) / p)
+    data.write_list(tmp_path / "train.txt", relabel(train_samples))
+    data.write_list(tmp_path / "val.txt", relabel(val_samples))
+    data.write_labels(tmp_path / "labels.csv", [names[c] for c in classes])
+    metrics = train.main(["--setting", "fewshot", "--k", "2", "--dataset", "custom", "--data-root", str(root),
+                          "--train-list", str(tmp_path / "train.txt"), "--val-list", str(tmp_path / "val.txt"),
+                          "--labels", str(tmp_path / "labels.csv"), "--clip", tiny_clip, "--epochs", "1",
+                          "--max-steps", "1", "--frames", "2", "--workers", "0", "--out", str(tmp_path / "out")])
+    assert metrics["reports"]["val"]["videos"] == 6 and metrics["reports"]["val"]["unreadable"] == 0
+    assert metrics["history"][0]["unreadable_videos"] == 0
+
+
+@pytest.mark.parametrize("args, first_line", [
+    (["--dataset", "hmdb51"], r"HMDB: 1530 of 1530 videos in val1\.txt not found under "),
+    (["--setting", "fully", "--dataset", "k400"], r"Kinetics-400: 19877 of 19877 videos in val\.txt not found under "),
+    (["--setting", "base2novel", "--dataset", "ucf101"], r"UCF: \d+ of \d+ videos in fs_base_s1_train\.txt not found"),
+])
+def test_an_empty_or_wrong_root_stops_before_any_download(tmp_path, monkeypatch, args, first_line):
+    def no_download(*args, **kwargs):
+        pytest.fail("the weights were fetched before the data was checked")
+
+    monkeypatch.setattr(clip_model, "download", no_download)
+    monkeypatch.setitem(clip_model._MODELS, "ViT-B/16", "http://127.0.0.1:9/x/ViT-B-16.pt")
+    monkeypatch.setenv("CLIP_CACHE", str(tmp_path / "clip-cache"))
+    wrong = tmp_path / "wrong"
+    placeholder(wrong / "UCF-101" / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g01_c01.avi")  # UCF-101 is not HMDB-51
+    for root in (tmp_path / "empty", wrong):
+        root.mkdir(exist_ok=True)
+        start = time.monotonic()
+        with pytest.raises(data.DatasetError, match=first_line) as failure:
+            train.main([*args, "--data-root", str(root), "--clip", "ViT-B/16", "--out", str(tmp_path / "out")])
+        assert "\n" not in str(failure.value) and time.monotonic() - start < 30
+    assert not os.path.exists(tmp_path / "out")
