@@ -26,8 +26,10 @@ The deep-prompt hook (used by prompts.py, paper Sec. 5, Fig. 6): both towers tak
 With no prompts the towers are exactly plain CLIP. Nothing else of CLIP needs to change to prompt it.
 """
 import hashlib
+import http.client
 import json
 import os
+import sys
 import urllib.request
 import zipfile
 from typing import Optional
@@ -376,24 +378,43 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, root: str, expected_sha256: str) -> str:
+class DownloadError(RuntimeError):
+    """A known model could not be fetched. The message is one line: which model, from where, why, the file to fetch
+    on a machine with internet, and the --clip path (or the cache path) to use instead."""
+
+
+def download(url: str, root: str, expected_sha256: str, name: Optional[str] = None) -> str:
     """Fetch url into root (once), checking its SHA-256; written to a temporary file and renamed, so an interrupted
-    download never leaves a file that looks complete."""
+    or altered download never leaves a file that looks complete. Prints where the file goes (stderr). A failure
+    raises DownloadError, whose one-line message says how to do without the network."""
     os.makedirs(root, exist_ok=True)
-    target = os.path.join(root, os.path.basename(url))
+    file_name = os.path.basename(url)
+    target = os.path.join(root, file_name)
     if os.path.isfile(target):
         if sha256_of(target) == expected_sha256:
             return target
         raise RuntimeError(f"{target}: SHA-256 does not match {expected_sha256}; the cached file is corrupt or "
                            "incomplete, delete it to download again")
+
+    def failed(reason):
+        what = f"CLIP {name}" if name else file_name
+        reason = " ".join(str(reason).split())  # one line, whatever the network library wrote
+        return DownloadError(f"cannot download {what} from {url}: {reason}; offline, fetch {file_name} (SHA-256 "
+                             f"{expected_sha256}) on a machine with internet and pass --clip /path/to/{file_name}, "
+                             f"or put it at {target}")
+
+    print(f"downloading {f'CLIP {name}' if name else file_name} from {url} to {target}", file=sys.stderr, flush=True)
     tmp = f"{target}.{os.getpid()}.part"
     try:
-        with urllib.request.urlopen(url) as source, open(tmp, "wb") as out:
-            while chunk := source.read(1 << 20):
-                out.write(chunk)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as source, open(tmp, "wb") as out:
+                while chunk := source.read(1 << 20):
+                    out.write(chunk)
+        except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, timeouts, a cut connection
+            raise failed(f"{type(e).__name__}: {e}") from e
         actual = sha256_of(tmp)
         if actual != expected_sha256:
-            raise RuntimeError(f"{url}: downloaded file has SHA-256 {actual}, expected {expected_sha256}")
+            raise failed(f"downloaded file has SHA-256 {actual}, expected {expected_sha256} (incomplete or altered)")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -428,7 +449,7 @@ def _read_state_dict(path: str) -> dict:
 def _resolve_path(name_or_path: str) -> str:
     if name_or_path in _MODELS:
         url = _MODELS[name_or_path]
-        return download(url, cache_dir(), expected_sha256=url.split("/")[-2])
+        return download(url, cache_dir(), expected_sha256=url.split("/")[-2], name=name_or_path)
     if name_or_path == TINY_MODEL_NAME:
         import miniworld  # the one import against the flow: the embedded default lives there and is built on demand
         return miniworld.tiny_clip_checkpoint()

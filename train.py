@@ -367,7 +367,10 @@ def _labels_file(name: str) -> str:
 
 def load_split(name: str, root: str, list_path: str, labels_path: str) -> Split:
     class_names = data.read_labels(labels_path)
-    return Split(name, root, data.read_list(list_path, len(class_names)), class_names)
+    # Pre-flight, before weights or model: every listed video found (by path or by file name in any folder of the
+    # download) or a one-line DatasetError; the samples point at the files found.
+    samples, _ = data.preflight(root, data.read_list(list_path, len(class_names)), list_path)
+    return Split(name, root, samples, class_names)
 
 
 def check_root(root: str, what: str):

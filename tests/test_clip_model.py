@@ -238,6 +238,83 @@ def test_known_name_downloads_once_and_checks_the_hash(tmp_path, monkeypatch, sm
     clip_model.load("ViT-tiny")  # second time: from the cache
 
 
+# Without the network (tests never leave the machine: 127.0.0.1 and file:// only)
+
+B16_SHA = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
+
+
+def test_unreachable_server_says_in_one_line_how_to_work_offline(tmp_path, monkeypatch):
+    url = f"http://127.0.0.1:9/{B16_SHA}/ViT-B-16.pt"  # port 9 (discard): nothing listens, refused at once
+    monkeypatch.setitem(clip_model._MODELS, "ViT-B/16", url)
+    monkeypatch.setenv("CLIP_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(clip_model.DownloadError) as failure:
+        clip_model.load("ViT-B/16")
+    message = str(failure.value)
+    assert "\n" not in message and isinstance(failure.value, RuntimeError)
+    assert message.startswith(f"cannot download CLIP ViT-B/16 from {url}: URLError")
+    assert f"fetch ViT-B-16.pt (SHA-256 {B16_SHA})" in message
+    assert "pass --clip /path/to/ViT-B-16.pt" in message
+    assert f"or put it at {tmp_path / 'cache' / 'ViT-B-16.pt'}" in message
+    assert os.listdir(tmp_path / "cache") == []
+
+
+def serve_once(body: bytes, length: int):
+    """A local HTTP server that announces `length` bytes, sends `body` and closes: a connection cut mid-download."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize("how", ["connection cut", "truncated file"])
+def test_partial_download_never_becomes_the_cached_file(tmp_path, how):
+    weights = os.urandom(200_000)
+    digest = __import__("hashlib").sha256(weights).hexdigest()
+    cache = tmp_path / "cache"
+    if how == "connection cut":
+        server, thread = serve_once(weights[:50_000], len(weights))
+        url = f"http://127.0.0.1:{server.server_address[1]}/{digest}/ViT-x.pt"
+    else:
+        served = tmp_path / "server" / digest / "ViT-x.pt"
+        served.parent.mkdir(parents=True)
+        served.write_bytes(weights[:50_000])
+        url = served.as_uri()
+    try:
+        with pytest.raises(clip_model.DownloadError, match=r"cannot download ViT-x\.pt from .*: "
+                           r"(IncompleteRead|downloaded file has SHA-256 \w+, expected " + digest + ")"):
+            clip_model.download(url, str(cache), expected_sha256=digest)
+    finally:
+        if how == "connection cut":
+            thread.join(10)
+            server.server_close()
+    assert os.listdir(cache) == []  # neither the cached name nor a temporary file
+
+
+def test_fetching_a_model_prints_where_it_is_cached(tmp_path, capsys):
+    served = tmp_path / "w.pt"
+    served.write_bytes(b"weights")
+    digest = __import__("hashlib").sha256(b"weights").hexdigest()
+    target = clip_model.download(served.as_uri(), str(tmp_path / "cache"), expected_sha256=digest, name="ViT-w")
+    assert target == str(tmp_path / "cache" / "w.pt")
+    assert f"downloading CLIP ViT-w from {served.as_uri()} to {target}" in capsys.readouterr().err
+    clip_model.download(served.as_uri(), str(tmp_path / "cache"), expected_sha256=digest, name="ViT-w")
+    assert capsys.readouterr().err == ""  # cached: nothing fetched, nothing printed
+
+
 def test_available_models_lists_openai_vits_and_the_tiny_world():
     names = clip_model.available_models()
     assert {"ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px", clip_model.TINY_MODEL_NAME} <= set(names)

@@ -610,7 +610,8 @@ def test_failure_count_and_epoch_cross_worker_processes(videos):
     assert torch.equal(seen[(1, 2)], ds[2][0]) and not torch.equal(seen[(0, 2)], seen[(1, 2)])
 
 
-def test_check_videos_and_command_line(videos, tmp_path, capsys):
+def test_check_videos_and_command_line(videos, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VIFI_CACHE", str(tmp_path / "cache"))  # missing.mp4 is looked up in the index of root
     root = os.path.dirname(videos["mp4"])
     samples = [(os.path.basename(videos[k]), 0) for k in ("mp4", "missing", "avi", "empty", "corrupt", "trunc_head")]
     bad = data.check_videos(root, samples)
