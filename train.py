@@ -724,11 +724,10 @@ def build_model(cfg: Config, class_names: list, rt: Runtime):
                           templates=cfg.template or None, **prompt_config)
     if cfg.init_from:
         if not os.path.isfile(cfg.init_from):
-            raise FileNotFoundError(f"--init-from {cfg.init_from}: no such file")
-        vifi.load_weights(model, cfg.init_from)
-        if cfg.normalization is None and vifi.is_authors_state_dict(
-                vifi._model_entry(vifi.read_checkpoint(cfg.init_from))):
-            cfg.normalization = "imagenet"  # the authors' released models were trained on ImageNet statistics
+            raise UserError(f"--init-from {cfg.init_from}: no such file")
+        loaded = vifi.load_weights(model, cfg.init_from)
+        if cfg.normalization is None:  # "imagenet" for the authors' released weights, the run's own for ours
+            cfg.normalization = loaded.normalization
     cfg.normalization = cfg.normalization or "clip"
     model.normalization = cfg.normalization
     if cfg.grad_checkpointing:

@@ -87,7 +87,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--per-class", action="store_true", help="also print every class's accuracy")
     parser.add_argument("--json", default=None, help="write all figures here")
+    parser.add_argument("--quick", action="store_true", help="a check that the script runs: toy-hmdb only")
     args = parser.parse_args()
+    if args.quick:
+        args.datasets = "toy-hmdb"
     torch.set_num_threads(args.threads)
     t0 = time.time()
     model = clip_model.load(args.clip).eval()
