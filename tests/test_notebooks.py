@@ -37,6 +37,7 @@ def test_there_are_notebooks_and_they_are_small():
         assert os.path.getsize(path) < 1_500_000, f"{path}: {os.path.getsize(path) / 1e6:.1f} MB"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p)[:-len(".ipynb")] for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path, embedded_world, tmp_path):
     nb = nbformat.read(path, as_version=4)

@@ -45,6 +45,7 @@ COMMANDS = [
 def readme_commands(text: str) -> list:
     """Shell commands of the README: indented code lines and inline code that start with a program we run."""
     starts = r"(?:python3?|torchrun|bash) "
+    text = re.sub(r"\\\n\s*", "", text)  # a command continued on the next line with a backslash
     found = [line.strip() for line in text.splitlines() if re.match(r"^    " + starts, line)]
     found += re.findall(r"`(" + starts + r"[^`]+)`", text)
     return list(dict.fromkeys(c.strip() for c in found))  # in order, once each

@@ -243,6 +243,7 @@ def torchrun(args, out, nproc=2, timeout=600):
     return result
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_model_of_one_process_with_the_paper_recipe(world, tiny_clip, tmp_path, capsys):
     """Mixup, cutmix and label smoothing on (the default on real data), a learning rate at which a different batch
     shows: the same global micro-batches, the same mixes, the same weights and the same logged loss. (Before, each
