@@ -18,7 +18,7 @@ and tested without OpenAI's weights or the real datasets:
        toy-ucf    20 classes of one named object doing one thing, UCF-101's role (appearance helps more)
   5. A tiny CLIP: clip_model.CLIP at a small size (48 px, ViT with patch 8, 4 + 4 layers of width 128, the real BPE
      tokenizer), pretrained contrastively on the corpus by `pretrain` below. It ships in assets/ and is reached by
-     clip_model.load("miniworld-tiny").
+     clip_weights.load("miniworld-tiny").
 
 Everything is deterministic from a seed. The videos are generated on first use into a cache directory
 ($VIFI_CACHE, default ~/.cache/vifi-clip), under a file lock, so several torchrun ranks can start at once.
@@ -1006,7 +1006,7 @@ def unpack_checkpoint(packed: dict) -> dict:
 
 def tiny_clip_checkpoint(asset: str = ASSET) -> str:
     """Path of the tiny CLIP as a plain state dict file (OpenAI's names, torch.load(weights_only=True)), unpacked from
-    the shipped asset into the cache on first use. clip_model.load("miniworld-tiny") calls this."""
+    the shipped asset into the cache on first use. clip_weights.load("miniworld-tiny") calls this."""
     import torch
     if not os.path.isfile(asset):
         raise FileNotFoundError(f"{asset} is missing; build it with: python miniworld.py pretrain --out {asset}")

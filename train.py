@@ -42,6 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 import clip_model
+import clip_weights
 import data
 import vifi
 
@@ -66,7 +67,7 @@ class Config:
     targets: str = ""                   # zeroshot: comma-separated target datasets (default: the source's usual ones)
     target_roots: str = ""              # zeroshot on real data: comma-separated video folders, one per target
     # the model
-    clip: Optional[str] = None          # name or path (clip_model.load); default ViT-B/16, or the tiny world model
+    clip: Optional[str] = None          # name or path (clip_weights.load); default ViT-B/16, or the tiny world model
     train: str = "both"                 # both | image | text | prompts | none
     fusion: str = "embedding"           # embedding | decision | image (Table 5)
     template: Optional[str] = None      # default "a photo of a {}."; the bare "{}" for vanilla CLIP (--train none
@@ -156,7 +157,7 @@ def resolve_defaults(cfg: Config) -> Config:
         defaults.update(layer)
     if cfg.train != "prompts":
         defaults.update(n_ctx_text=0, n_ctx_vision=0, depth_text=0, depth_vision=0)
-    defaults["clip"] = clip_model.TINY_MODEL_NAME if world else "ViT-B/16"
+    defaults["clip"] = clip_weights.TINY_MODEL_NAME if world else "ViT-B/16"
     if cfg.train == "none" and not cfg.init_from:
         defaults["template"] = vifi.ZERO_SHOT_TEMPLATE  # the authors' vanilla CLIP zero-shot: the bare class name
     elif cfg.train == "prompts":
@@ -715,7 +716,7 @@ def unwrap(model):
 
 
 def build_model(cfg: Config, class_names: list, rt: Runtime):
-    clip = clip_model.load(cfg.clip)
+    clip = clip_weights.load(cfg.clip)
     if cfg.input_size is None:
         cfg.input_size = clip.visual.input_resolution
     prompt_config = dict(n_ctx_text=cfg.n_ctx_text, n_ctx_vision=cfg.n_ctx_vision, depth_text=cfg.depth_text,

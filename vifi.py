@@ -81,6 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import clip_model
+import clip_weights
 import prompts as prompts_module
 from clip_model import CLIP
 from tokenizer import tokenize
@@ -457,7 +458,7 @@ def _authors_model(checkpoint, path: str, class_names: Sequence[str], base: Unio
     if not is_authors_state_dict(_model_entry(checkpoint)):
         raise ValueError(f"{path}: not one of the authors' checkpoints (no image_encoder weights)")
     _, _, prompt_config = convert_authors_state_dict(_model_entry(checkpoint), path)
-    clip = clip_model.load(base) if isinstance(base, str) else copy.deepcopy(base)
+    clip = clip_weights.load(base) if isinstance(base, str) else copy.deepcopy(base)
     model = ViFiCLIP(clip, class_names, **{"train_mode": "none", **prompt_config, **kwargs})  # kwargs win
     _load_checkpoint(model, checkpoint, path)
     model.normalization = kwargs.get("normalization", model.normalization)  # given explicitly: it stands
@@ -548,7 +549,7 @@ def _load_checkpoint(model: ViFiCLIP, checkpoint, path: str) -> Loaded:
 
 
 def _load_base(ref: Union[str, CLIP]) -> tuple:
-    """-> (CLIP, normalization) for a bridged model: a CLIP, an authors' checkpoint, or anything clip_model.load
+    """-> (CLIP, normalization) for a bridged model: a CLIP, an authors' checkpoint, or anything clip_weights.load
     reads."""
     if isinstance(ref, CLIP):
         return ref, None
@@ -560,7 +561,7 @@ def _load_base(ref: Union[str, CLIP]) -> tuple:
             authors = False
         if authors:  # its prompts, if it has any, are not used: a base is the bridged CLIP
             return _authors_model(checkpoint, ref, ["-"], "ViT-B/16").clip, "imagenet"
-    return clip_model.load(ref), "clip"
+    return clip_weights.load(ref), "clip"
 
 
 def load_prompted(path: str, class_names: Sequence[str], base: Union[str, CLIP, None] = None, verify: bool = True,
@@ -572,7 +573,7 @@ def load_prompted(path: str, class_names: Sequence[str], base: Union[str, CLIP, 
     reference = payload["base_model"]
     base = reference["ref"] if base is None else base
     if verify and isinstance(base, str) and os.path.isfile(base) and reference.get("sha256"):
-        actual = clip_model.sha256_of(base)
+        actual = clip_weights.sha256_of(base)
         if actual != reference["sha256"]:
             raise ValueError(f"{path}: its prompts were trained on {reference['ref']} (SHA-256 "
                              f"{reference['sha256'][:12]}...), but {base} has SHA-256 {actual[:12]}...; pass "

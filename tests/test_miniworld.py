@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import clip_model
+import clip_weights
 import data
 import miniworld
 
@@ -145,7 +146,7 @@ def test_the_shipped_tiny_clip_loads_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("VIFI_CACHE", str(tmp_path))
     assert os.path.getsize(miniworld.ASSET) <= 15 * 2**20
     packed = torch.load(miniworld.ASSET, map_location="cpu", weights_only=True)
-    model = clip_model.load(miniworld.TINY_CLIP_NAME)
+    model = clip_weights.load(miniworld.TINY_CLIP_NAME)
     state_dict = model.state_dict()
     assert miniworld.state_dict_sha256(state_dict) == packed["sha256"]
     assert clip_model.model_config(state_dict) == miniworld.TINY_CONFIG

@@ -26,9 +26,10 @@ CELL_TIMEOUT = 600  # seconds for any one cell; a whole notebook should take 1-3
 def embedded_world():
     """Generate the world's videos (first time: up to ~2 minutes) and unpack the tiny CLIP, once per session."""
     import clip_model
+    import clip_weights
     import miniworld
     miniworld.ensure_world()
-    clip_model.load(clip_model.TINY_MODEL_NAME)
+    clip_weights.load(clip_weights.TINY_MODEL_NAME)
 
 
 def test_there_are_notebooks_and_they_are_small():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import clip_model
+import clip_weights
 import prompts
 from tokenizer import tokenize
 
@@ -199,7 +200,7 @@ def test_prompt_checkpoint_holds_prompts_config_and_base_reference_only(clip, tm
     assert path.stat().st_size < 16_000  # kilobytes: no CLIP weights, no class-name buffers
     payload = prompts.read_prompts(str(path))
     assert sorted(payload["prompts"]) == ["text.0", "text.1", "vision.0", "vision.1"]
-    assert payload["base_model"] == dict(ref=str(base), sha256=clip_model.sha256_of(str(base)))
+    assert payload["base_model"] == dict(ref=str(base), sha256=clip_weights.sha256_of(str(base)))
     assert payload["config"] == learner.config()
 
     loaded, reference = prompts.load_prompts(str(path), clip)

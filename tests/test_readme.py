@@ -116,15 +116,16 @@ def test_readme_python_snippets_run(tmp_path, fake_yacs, monkeypatch):
     """Each ```python block, on the tiny CLIP: "ViT-B/16" -> the tiny model, the authors' released weights -> tiny
     weights saved in the authors' layout, "my_video.mp4" -> a rendered video."""
     import clip_model
+    import clip_weights
     import vifi
     blocks = python_blocks(open(README).read())
     assert blocks, "the README shows how to classify one's own video"
-    trained = vifi.ViFiCLIP(clip_model.load(clip_model.TINY_MODEL_NAME), ["dancing", "swimming"], train_mode="none")
+    trained = vifi.ViFiCLIP(clip_weights.load(clip_weights.TINY_MODEL_NAME), ["dancing", "swimming"], train_mode="none")
     save_authors_checkpoint(tmp_path / "vifi_clip_k400.pth", trained, fake_yacs)
     write_video(tmp_path / "my_video.mp4")
     monkeypatch.chdir(tmp_path)
     for block in blocks:
-        code = block.replace('"ViT-B/16"', f'"{clip_model.TINY_MODEL_NAME}"')
+        code = block.replace('"ViT-B/16"', f'"{clip_weights.TINY_MODEL_NAME}"')
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import clip_model
+import clip_weights
 import data
 import miniworld
 import train
@@ -274,7 +275,7 @@ def test_an_empty_or_wrong_root_stops_before_any_download(tmp_path, monkeypatch,
         pytest.fail("the weights were fetched before the data was checked")
 
     monkeypatch.setattr(clip_model, "download", no_download)
-    monkeypatch.setitem(clip_model._MODELS, "ViT-B/16", "http://127.0.0.1:9/x/ViT-B-16.pt")
+    monkeypatch.setitem(clip_weights._MODELS, "ViT-B/16", "http://127.0.0.1:9/x/ViT-B-16.pt")
     monkeypatch.setenv("CLIP_CACHE", str(tmp_path / "clip-cache"))
     wrong = tmp_path / "wrong"
     placeholder(wrong / "UCF-101" / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g01_c01.avi")  # UCF-101 is not HMDB-51

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import clip_model
+import clip_weights
 import data
 import miniworld
 import train
@@ -360,7 +361,7 @@ def test_defaults_follow_the_paper_per_setting():
     assert (cfg.lr, cfg.n_ctx_text, cfg.depth_vision) == (8e-3, 16, 9)
     cfg = train.parse_args(["--setting", "fewshot", "--dataset", "hmdb51", "--train", "prompts", "--lr", "1e-3"])
     assert (cfg.lr, cfg.n_ctx_vision, cfg.depth_text) == (1e-3, 10, 12)  # an explicit flag wins
-    assert train.parse_args([]).clip == clip_model.TINY_MODEL_NAME
+    assert train.parse_args([]).clip == clip_weights.TINY_MODEL_NAME
 
 
 def user_error(capsys, *argv):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import clip_model
+import clip_weights
 import prompts
 import vifi
 from tokenizer import tokenize
@@ -612,12 +613,12 @@ def test_readme_example_gives_the_authors_weights_their_pixel_statistics(tmp_pat
     """README, "Your own video", as written but on the tiny CLIP: the authors' weights were trained on
     ImageNet-normalised frames, so after load_weights classify must normalise with ImageNet's statistics."""
     import data
-    trained = vifi.ViFiCLIP(clip_model.load(clip_model.TINY_MODEL_NAME), ["dancing", "swimming"], train_mode="none")
+    trained = vifi.ViFiCLIP(clip_weights.load(clip_weights.TINY_MODEL_NAME), ["dancing", "swimming"], train_mode="none")
     save_authors_checkpoint(tmp_path / "vifi_clip_k400.pth", trained, fake_yacs)
     write_video(tmp_path / "my_video.mp4")
     monkeypatch.chdir(tmp_path)
     # the README's lines ("miniworld-tiny" for "ViT-B/16"; classify's answer kept for the checks below)
-    model = vifi.ViFiCLIP(clip_model.load("miniworld-tiny"), ["dancing", "swimming"], templates="a photo of a {}.")
+    model = vifi.ViFiCLIP(clip_weights.load("miniworld-tiny"), ["dancing", "swimming"], templates="a photo of a {}.")
     vifi.load_weights(model, "vifi_clip_k400.pth")      # optional: the authors' released ViFi-CLIP weights
     ranked = vifi.classify(model, "my_video.mp4", ["dancing", "swimming", "cooking"])
     print(ranked)
