@@ -1,89 +1,45 @@
-"""Video data for ViFi-CLIP: split lists, frame sampling, decoding, augmentation, bad-file handling.
+"""Video data for ViFi-CLIP: split lists, sparse frame sampling, augmentation, clips, bad videos (paper Sec. 3-4,
+Appendix B-D).
 
-Everything the paper says about data lives here (paper Sec. 3 "Problem Settings", Sec. 4 "Experimental setup",
-Appendix B-D). The module depends on torch, PyAV (av) and numpy only.
+Files (the authors' layout; shipped in splits/): a list file holds "relative/path label" per line (the label is the
+last field, so paths may hold spaces); a labels CSV holds "id,name" rows.
 
-Files (the authors' layout; shipped copies in splits/)
-    list file   one video per line, "relative/path.ext label", label an integer class id (paths may hold spaces:
-                the label is the last field).
-    labels CSV  header "id,name", one class per row; names come from the id column, not from row order.
+Reading order:
+  read_labels, read_list            the files (DatasetError "file:line: ..." for anything malformed)
+  kshot_split, base_novel_split     the few-shot and base-to-novel splits (Sec. 3); base = the most frequent half of
+                                    the classes, numbered as the authors' shipped base/novel label files
+  sample_indices                    sparse segment sampling (TSN): T segments, a random frame of each in training,
+                                    the centre in evaluation, evenly spread views for multi-view evaluation
+  eval_plan, train_plan, apply_plan one geometry and colour change per clip (multi-scale crop, flip, colour jitter,
+                                    grayscale), applied as crop boxes resized straight to the input size
+  VideoDataset, collate             clips [V*T, 3, S, S] (V = num_clips x num_crops views) with label, index, ok
+  mixup_cutmix                      the authors' mixup / cutmix with label smoothing
+  check_videos, main                `python data.py --check ROOT LIST LABELS`: exit status 0 every video readable,
+                                    1 unreadable videos found (listed), 2 bad arguments or list files
 
-Splits (paper Sec. 3, Appendix D)
-    read_labels(csv_path) -> list[str]                          names[id]
-    read_list(list_path, num_classes=None) -> list[(relpath, label)]
-    write_list(path, samples) / write_labels(path, names)
-    kshot_split(samples, k, seed=0, num_classes=None) -> samples   K random videos per class (few-shot setting)
-    base_novel_split(samples, class_names, base_names=None, novel_names=None)
-        -> (base_samples, novel_samples, base_names, novel_names)
-        the most frequent half of the classes is "base"; both halves are relabelled 0.. in ascending
-        (count, id) order, which reproduces the authors' shipped base/novel label files. Pass the training
-        split's base_names and novel_names to split a validation list the same way.
-    subset_classes(samples, class_names, keep_names) -> samples relabelled to keep_names' order
+Bad videos: a missing, empty, truncated or undecodable video never stops a run. VideoDataset catches the error, logs
+the path once, records it in a table shared by the DataLoader workers (num_failures() counts distinct videos) and
+returns ok=False. Training gets the next readable sample instead (deterministically), so the batch is complete;
+evaluation gets a zero clip with the true label, which counts as wrong and stays in the denominator.
 
-Frames (sparse segment sampling, TSN; Appendix D)
-    sample_indices(num_frames, T, mode='train'|'eval', generator=None, num_clips=1) -> list[int] (num_clips*T)
-    decode_frames(path, indices, size=None, threads=0) -> uint8 ndarray [len(indices), H, W, 3] (RGB)
-    VideoReader(path, threads=0): .num_frames (estimate), .get(indices, size=None), a context manager
+Determinism: evaluation views depend only on the video; training randomness (frame positions, crop, flip, colour)
+comes from a generator seeded by (seed, epoch, index), so a resumed run reproduces it.
 
-Clips
-    VideoDataset(root, samples_or_list_path, class_names=None, num_frames=32, train=False, input_size=224,
-                 num_clips=1, num_crops=1, norm='clip', seed=0, decode_threads=1, max_retries=10)
-        ds[i] -> (clip, label, index, ok);  ds.load(i) -> clip (raises on unreadable videos)
-            clip  float32 [V*T, 3, S, S], V = num_clips * num_crops views, view v = clip c * num_crops + crop k,
-                  so clip.view(V, T, 3, S, S) gives the views; single view: [T, 3, S, S]
-            label int, index int (of the sample returned), ok bool (False: the requested video was unreadable)
-        Multi-view evaluation: clips [B, V*T, 3, S, S] -> clips.view(B * V, T, 3, S, S), score every view,
-        average the V scores of each video. Fully-supervised setting: num_clips=4, num_crops=3 (Appendix D and
-        the authors' code; Sec. 4 swaps the two numbers); other settings: one view (num_clips=num_crops=1).
-    collate(batch) -> dict(clips, label, index, ok)     DataLoader collate_fn (tensors; ok is bool)
-    mixup_cutmix(clips, labels, num_classes, ...) -> (clips, soft_targets)   (training option)
-    check_videos(root, samples, num_frames=8, workers=0) -> list[(relpath, reason)]
-    command line: python data.py --check ROOT LIST LABELS [--workers N]
-        exit status 0: every video readable, 1: unreadable videos (listed), 2: bad arguments or list files
-
-Datasets as downloaded (see "Finding the videos" below for the index and its cache)
-    resolve(root, samples) -> (samples, missing)   each listed video at ROOT/path, else by file name in any folder
-    preflight(root, samples, source="", max_missing=MAX_MISSING) -> (samples, missing)
-        resolve, and a one-line DatasetError (how many of how many, examples, the layout expected) when more than
-        1% of the list is missing; run before weights or model (train.py's load_split does)
-    video_index(root, rebuild=False) -> {file name: [relpaths]}    index_path(root): where it is cached
-
-Bad videos: the contract for train.py and the evaluator
-    A missing, empty, truncated (less than half of its frames decodable) or undecodable video raises
-    DecodeError/OSError/av.FFmpegError inside the dataset, which catches it, logs the path once (logging,
-    logger "data", level WARNING), records it in a failure table shared by all DataLoader worker processes, and
-    returns ok=False for that sample.
-    * Training (train=True): the clip and label are those of the next readable sample, (i+1) % N, (i+2) % N, ...
-      (deterministic), so the batch is complete and is trained on as usual; only ok=False tells. Per epoch:
-          ds.set_epoch(epoch)                  # before iter(loader): also seeds the augmentation
-          bad = 0
-          for batch in loader:                 # collate_fn=data.collate
-              bad += int((~batch["ok"]).sum())  # sum over ranks with torch.distributed.all_reduce
-          print(f"epoch {epoch}: {bad} unreadable videos replaced")
-    * Evaluation (train=False): the sample keeps its true label and index, with a zero clip and ok=False. It
-      counts as a wrong prediction and stays in the denominator:
-          correct += ((pred == batch["label"]) & batch["ok"]).sum();  total += len(batch["ok"])
-          failed += (~batch["ok"]).sum()       # shown in the report
-      so the evaluation DataLoader must not use drop_last=True.
-    Also: ds.num_failures() is the number of distinct unreadable videos met so far in any worker, and
-    ds.failed_videos() lists their paths. A video found bad once is not decoded again by that dataset.
-
-Determinism
-    Evaluation views depend only on the video (no random numbers). Training randomness (frame positions, crop,
-    flip, colour) comes from a torch.Generator seeded from (seed, epoch, index), so a resumed run reproduces it;
-    set_epoch writes to shared memory, so it also reaches persistent DataLoader workers.
+Beside this file: video_decoder.py (decodes only the frames a clip needs) and video_index.py (finds listed videos in a
+dataset folder as downloaded, and checks a list before anything heavy).
 """
 import argparse
 import csv
-import json
 import logging
 import math
 import os
 import sys
 
-import av
 import numpy as np
 import torch
+
+from video_decoder import DECODE_ERRORS, VideoReader
+from video_index import DatasetError, locate
 
 log = logging.getLogger("data")
 
@@ -96,18 +52,6 @@ NORMS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD
 SCALES = (1, 0.875, 0.75, 0.66)  # multi-scale crop (TSN), as in the authors' training pipeline
 JITTER = dict(p=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)  # authors' ColorJitter settings
 GRAYSCALE_P = 0.2
-MIN_COVERAGE = 0.5  # a video whose decodable frames stop before this fraction of its length is "truncated"
-SEEK_GAP = 250      # seek instead of decoding forward when the next wanted frame is this many frames ahead
-MAX_PACKET_ERRORS = 10
-
-
-class DatasetError(ValueError):
-    """A list or labels file is malformed (the message starts with "file:line:"), or the videos of a list are not
-    under its root (preflight, resolve)."""
-
-
-class DecodeError(RuntimeError):
-    """A video cannot be decoded (no video stream, no frames, truncated, corrupt)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -274,195 +218,6 @@ def sample_indices(num_frames, T, mode="train", generator=None, num_clips=1):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Decoding (PyAV)
-
-def _target_size(size, w, h):
-    """size: None (keep), int (short side, even sizes), or (width, height)."""
-    if size is None:
-        return w, h
-    if isinstance(size, int):
-        even = lambda v: max(2, 2 * round(v / 2))  # even widths convert much faster
-        return (size, even(h * size / w)) if w <= h else (even(w * size / h), size)
-    return tuple(size)
-
-
-class VideoReader:
-    """One open video. num_frames is an estimate (the container's count, else duration * frame rate, else the
-    number of packets); get() is robust to it being wrong.
-
-    Frame k is found by time: the first frame whose timestamp * fps rounds to k, else the last frame before (for
-    constant-frame-rate videos, simply the k-th frame; for variable frame rates, the frame on screen then). When
-    the stream has no timestamps or no frame rate, frames are counted as they come out of the decoder instead."""
-
-    def __init__(self, path, threads=0):
-        self.path = path
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            raise DecodeError(f"empty file: {path}")
-        self.threads = threads
-        self._open()  # FileNotFoundError / av.InvalidDataError pass through
-        try:
-            s = self.stream
-            rate = s.average_rate or s.guessed_rate or s.base_rate
-            self.fps = float(rate) if rate else None
-            self.time_base = float(s.time_base) if s.time_base else None
-            self.num_frames = self._estimate_frames()
-        except BaseException:
-            self.container.close()
-            raise
-
-    def _estimate_frames(self):
-        s = self.stream
-        if s.frames and s.frames > 0:
-            return s.frames
-        if self.fps:
-            if s.duration and self.time_base:
-                return max(1, round(s.duration * self.time_base * self.fps))
-            if self.container.duration:
-                return max(1, round(self.container.duration / av.time_base * self.fps))
-        n = 0
-        try:
-            for p in self.container.demux(s):  # no metadata: count packets
-                n += p.size > 0
-        except (av.error.EOFError, av.error.InvalidDataError):
-            pass
-        self._reopen()
-        if n == 0:
-            raise DecodeError(f"no video frames: {self.path}")
-        return n
-
-    def _open(self):
-        self.container = av.open(self.path)
-        if not self.container.streams.video:
-            self.container.close()
-            raise DecodeError(f"no video stream: {self.path}")
-        self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"  # frame + slice threads
-        self.stream.codec_context.thread_count = self.threads  # 0: one per core
-        self._used = False
-
-    def _reopen(self):  # a fresh start (raw streams cannot always seek back)
-        self.container.close()
-        self._open()
-
-    def close(self):
-        self.container.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def get(self, indices, size=None):
-        """Frames at `indices` (any order, repeats allowed) as uint8 RGB [len(indices), H, W, 3].
-
-        Decodes forward once and converts only the frames that are kept (size: None keeps the decoded size, an int
-        sets the short side, (width, height) both; the resize happens inside the conversion). Packets of frames
-        that are not wanted are decoded with skip_frame=NONREF, so frames that no other frame depends on are
-        skipped entirely. Long gaps are crossed by seeking. A video that ends early gives its last frame for the
-        indices beyond the end."""
-        if self._used:
-            self._reopen()
-        self._used = True
-        want = sorted(set(int(i) for i in indices))
-        wanted = set(want)
-        s, ctx = self.stream, self.stream.codec_context
-        by_time = None  # decided at the first packet: timestamps usable?
-        start = s.start_time
-        out_size = None
-        got = {}  # index -> uint8 array
-        j = 0  # next position in `want`
-        prev = prev_rgb = None  # last decoded frame and its RGB array (if converted)
-        jumped = False  # just sought: the next frame is nearer to want[j] than `prev`
-        last_k = -1
-        packet_errors = 0
-        ended = False
-        seek_target = -1
-
-        def index_of(ts):
-            return round((ts - start) * self.time_base * self.fps)
-
-        def convert(frame):
-            nonlocal out_size
-            if out_size is None:
-                out_size = _target_size(size, frame.width, frame.height)
-            return frame.to_ndarray(width=out_size[0], height=out_size[1], format="rgb24",
-                                    interpolation="BILINEAR")
-
-        packets = self.container.demux(s)
-        while j < len(want):
-            try:
-                packet = next(packets)
-            except StopIteration:
-                ended = True
-                break
-            except (av.error.EOFError, av.error.InvalidDataError):
-                ended = True  # truncated container: treat as the end
-                break
-            if by_time is None and packet.size:
-                by_time = bool(self.fps and self.time_base and packet.pts is not None)
-                if by_time and start is None:
-                    start = packet.pts
-                if not by_time:
-                    ctx.skip_frame = "DEFAULT"
-            if by_time and packet.size and packet.pts is None:
-                ctx.skip_frame = "DEFAULT"
-            elif by_time and packet.size:
-                k = index_of(packet.pts)
-                ctx.skip_frame = "DEFAULT" if k in wanted else "NONREF"
-                position = max(last_k, k)
-                if want[j] - position > SEEK_GAP and want[j] != seek_target:  # jump ahead instead of decoding
-                    seek_target = want[j]
-                    ts = int(start + (want[j] - 0.5) / (self.fps * self.time_base))
-                    self.container.seek(ts, stream=s, backward=True)
-                    packets = self.container.demux(s)
-                    jumped = True
-                    continue
-            try:
-                frames = packet.decode()
-            except av.error.InvalidDataError:
-                packet_errors += 1
-                if packet_errors > MAX_PACKET_ERRORS:
-                    raise DecodeError(f"too many corrupt packets: {self.path}") from None
-                continue
-            for frame in frames:
-                k = index_of(frame.pts) if by_time and frame.pts is not None else last_k + 1
-                last_k = max(last_k, k)
-                rgb = None  # this frame, converted when first needed
-                # wanted indices that no frame matched exactly show the frame before (this one at the very start)
-                while j < len(want) and want[j] < k:
-                    if prev is None or jumped:
-                        rgb = convert(frame) if rgb is None else rgb
-                        got[want[j]] = rgb
-                    else:
-                        prev_rgb = convert(prev) if prev_rgb is None else prev_rgb
-                        got[want[j]] = prev_rgb
-                    j += 1
-                if j < len(want) and want[j] == k:
-                    rgb = convert(frame) if rgb is None else rgb
-                    got[k] = rgb
-                    j += 1
-                prev, prev_rgb, jumped = frame, rgb, False
-                if j == len(want):
-                    break
-        if prev is None:
-            raise DecodeError(f"no frames decoded: {self.path}")
-        if j < len(want):  # the stream ended before the last wanted frame
-            if ended and last_k < MIN_COVERAGE * (self.num_frames - 1):
-                raise DecodeError(f"truncated: frames end at {last_k + 1} of {self.num_frames}: {self.path}")
-            prev_rgb = convert(prev) if prev_rgb is None else prev_rgb
-            for w in want[j:]:
-                got[w] = prev_rgb
-        return np.stack([got[int(i)] for i in indices])
-
-
-def decode_frames(path, indices, size=None, threads=0):
-    """uint8 RGB frames [len(indices), H, W, 3] of the video at `path` (see VideoReader.get)."""
-    with VideoReader(path, threads=threads) as r:
-        return r.get(indices, size)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Transforms (Appendix D; the authors' pipeline for training). A plan fixes one geometry and one colour change for
 # a whole clip; it is expressed as crop boxes in the decoded frame, each resized straight to input_size^2, which
 # equals "resize the short side, then crop" but touches only the pixels that are kept.
@@ -585,9 +340,6 @@ def apply_plan(frames, plan, norm="clip"):
 # ----------------------------------------------------------------------------------------------------------
 # Dataset
 
-_DECODE_ERRORS = (DecodeError, OSError, av.error.FFmpegError, EOFError)
-
-
 class VideoDataset(torch.utils.data.Dataset):
     """Clips of T frames for training or evaluation; see the module docstring for outputs and bad videos.
 
@@ -665,7 +417,7 @@ class VideoDataset(torch.utils.data.Dataset):
             return None
         try:
             return self.load(index, generator)
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             log.warning("unreadable video %s: %s", self.samples[index][0], e)
             self._failed[index] = True
             return None
@@ -732,201 +484,6 @@ def mixup_cutmix(clips, labels, num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Finding the videos: the datasets as their users downloaded them
-#
-# A list names `relative/path label`. The video is ROOT/relative/path when the download has the authors' layout;
-# otherwise it is found by its file name in any folder under ROOT (HMDB-51 extracted as one folder per class,
-# UCF-101 as UCF-101/<Class>/v_*.avi, Kinetics as train/<class>/<youtube_id>_<start>_<end>.mp4), so nobody has to
-# move or rename files. That second lookup uses an index of ROOT, built once and cached:
-#   where    $VIFI_CACHE/video-index/<sha256 of ROOT's real path, 16 hex>.json (default ~/.cache/vifi-clip), never
-#            inside ROOT: a dataset folder may be read-only or shared, and a file written there would change the
-#            very folder time the index is checked against.
-#   what     every folder under ROOT (hidden entries skipped, folder links followed once) with its modification time
-#            and the names of its files.
-#   valid    while every indexed folder still has the modification time recorded (a file added, removed or renamed
-#            anywhere changes its folder's time; a new folder changes its parent's): one stat per folder (about 800
-#            for Kinetics-400 in class folders), no walk. Otherwise the index is rebuilt. A name missing from a valid
-#            index is missing on disk, so a few missing videos do not make every run walk the dataset again.
-# A file name found in two places is an error naming both, unless the listed folder picks one (a list naming
-# val/x.mp4, with train/a/x.mp4 and val/a/x.mp4 on disk, takes the second).
-
-MAX_MISSING = 0.01  # preflight: at most 1% of a list may be missing (warned; they count as unreadable videos)
-INDEX_VERSION = 1
-
-# The authors' list folders (splits/datasets_splits/<folder>/, also under base2novel_splits/) -> the dataset and its
-# layout as distributed, for preflight's message.
-LAYOUTS = {
-    "hmdb_splits": ("HMDB", "HMDB-51 class folders as extracted: ROOT/<class>/<file>.avi"),
-    "ucf_splits": ("UCF", "UCF-101 as extracted: ROOT/UCF-101/<Class>/v_<Class>_gNN_cNN.avi"),
-    "ssv2_splits": ("SSv2", "Something-Something v2 as extracted: ROOT/<id>.webm"),
-    "k400_splits": ("Kinetics-400", "Kinetics as downloaded: ROOT/train|val/<file>.mp4, or in class folders "
-                                    "ROOT/train|val/<class>/<youtube_id>_<start>_<end>.mp4"),
-    "k600_splits": ("Kinetics-600", "Kinetics as downloaded: ROOT/train|val|test/<file>.mp4, or in class folders "
-                                    "ROOT/train|val|test/<class>/<youtube_id>_<start>_<end>.mp4"),
-}
-
-
-def cache_dir():
-    """$VIFI_CACHE, default ~/.cache/vifi-clip (shared with miniworld.py)."""
-    return os.path.expanduser(os.environ.get("VIFI_CACHE", os.path.join("~", ".cache", "vifi-clip")))
-
-
-def index_path(root):
-    """Where the index of `root` is cached."""
-    import hashlib
-    key = hashlib.sha256(os.path.realpath(root).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return os.path.join(cache_dir(), "video-index", f"{key}.json")
-
-
-def _is_file(entry):
-    try:
-        return entry.is_file()  # follows links
-    except OSError:
-        return False
-
-
-def _walk(root):
-    """{relative folder ('' for root): [mtime_ns, [file names]]} of every folder under root."""
-    folders, seen, stack = {}, set(), [""]
-    while stack:
-        rel = stack.pop()
-        full = os.path.join(root, rel) if rel else root
-        try:
-            st = os.stat(full)
-            entries = list(os.scandir(full))
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:  # a folder link seen before (or a cycle)
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        names = []
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            try:
-                if e.is_dir():
-                    stack.append(f"{rel}/{e.name}" if rel else e.name)
-                elif e.is_file():
-                    names.append(e.name)
-            except OSError:
-                pass
-        folders[rel] = [st.st_mtime_ns, sorted(names)]
-    return folders
-
-
-def _index_valid(root, folders):
-    for rel, (mtime, _) in folders.items():
-        try:
-            if os.stat(os.path.join(root, rel) if rel else root).st_mtime_ns != mtime:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def video_index(root, rebuild=False):
-    """{file name: [paths relative to root]} of every file under root, from the cached index (see above) while it is
-    valid, else from a fresh walk, which is then cached (a cache folder that cannot be written only costs the walk
-    next time)."""
-    path, real = index_path(root), os.path.realpath(root)
-    folders = None
-    if not rebuild:
-        try:
-            with open(path, encoding="utf-8") as f:
-                cached = json.load(f)
-            if cached.get("version") == INDEX_VERSION and cached.get("root") == real \
-                    and _index_valid(root, cached["folders"]):
-                folders = cached["folders"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    if folders is None:
-        folders = _walk(root)
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(dict(version=INDEX_VERSION, root=real, folders=folders), f)
-            os.replace(tmp, path)  # several processes (torchrun ranks) may write it at once: each write is whole
-        except OSError as e:
-            log.warning("cannot cache the index of %s at %s: %s", root, path, e)
-    by_name = {}
-    for rel, (_, names) in folders.items():
-        for name in names:
-            by_name.setdefault(name, []).append(f"{rel}/{name}" if rel else name)
-    return by_name
-
-
-def _locate(root, paths):
-    """For each listed path, the path relative to root where the video is, or None."""
-    listings = {}
-
-    def listed_file(rel):  # one scandir per listed folder instead of one stat per video
-        folder, name = os.path.split(rel)
-        if folder not in listings:
-            try:
-                listings[folder] = {e.name for e in os.scandir(os.path.join(root, folder)) if _is_file(e)}
-            except OSError:
-                listings[folder] = set()
-        return name in listings[folder]
-
-    found = [p if listed_file(p) else None for p in paths]
-    if all(f is not None for f in found):
-        return found
-    by_name = video_index(root)
-    for i, p in enumerate(paths):
-        if found[i] is not None:
-            continue
-        candidates = by_name.get(os.path.basename(p), [])
-        folder = os.path.dirname(p)
-        if len(candidates) > 1 and folder:
-            candidates = [c for c in candidates if c.startswith(folder + "/")] or candidates
-        if len(candidates) > 1:
-            more = f" (and {len(candidates) - 2} more)" if len(candidates) > 2 else ""
-            raise DatasetError(f"{root}: the listed video {p} is found twice, as {candidates[0]} and "
-                               f"{candidates[1]}{more}; remove or move one of them")
-        if candidates:
-            found[i] = candidates[0]
-    return found
-
-
-def resolve(root, samples):
-    """(samples, missing): every sample in order, its path replaced by where the video is under root (the listed
-    path, else the file found by name in any folder, through the cached index); missing lists the listed paths of
-    the videos not found, which keep their listed path (they then count as unreadable, as any bad video)."""
-    if not os.path.isdir(root):
-        raise DatasetError(f"{root}: no such folder")
-    found = _locate(root, [p for p, _ in samples])
-    resolved = [(f if f is not None else p, *rest) for (p, *rest), f in zip(samples, found)]
-    return resolved, [p for (p, _), f in zip(samples, found) if f is None]
-
-
-def layout_of(source):
-    """(dataset, layout as distributed) for a list file of the authors' folders, else ("", "")."""
-    parts = os.path.normpath(str(source)).split(os.sep)
-    return LAYOUTS.get(parts[-2], ("", "")) if len(parts) >= 2 else ("", "")
-
-
-def preflight(root, samples, source="", max_missing=MAX_MISSING):
-    """Check a list against root before anything heavy: a directory lookup through the index, no decoding.
-
-    Returns resolve(root, samples). More than max_missing of the list not found raises DatasetError with one line:
-    how many of how many, three examples, and the layout expected (source: the list file, named in the message; its
-    folder among the authors' picks the dataset's layout). Fewer are logged and count as unreadable videos."""
-    samples, missing = resolve(root, samples)
-    if missing:
-        dataset, layout = layout_of(source)
-        folder = os.path.dirname(missing[0])
-        line = (f"{dataset + ': ' if dataset else ''}{len(missing)} of {len(samples)} videos"
-                f"{' in ' + os.path.basename(str(source)) if source else ''} not found under {root}: "
-                f"e.g. {', '.join(missing[:3])}; expected ROOT/{folder + '/' if folder else ''}<file> or "
-                f"ROOT/<any folder>/<file>{f' ({layout})' if layout else ''}")
-        if len(missing) > max_missing * len(samples):
-            raise DatasetError(line)
-        log.warning("%s; at most %g%% may be missing: they count as unreadable videos", line, 100 * max_missing)
-    return samples, missing
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Checking a dataset up front
 
 def _check_one(path, num_frames=8):
@@ -934,14 +491,14 @@ def _check_one(path, num_frames=8):
         with VideoReader(path, threads=1) as r:
             r.get(sample_indices(r.num_frames, num_frames, "eval"), size=(32, 32))
         return None
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
         return f"{type(e).__name__}: {e}"
 
 
 def check_videos(root, samples, num_frames=8, workers=0):
     """[(relpath as listed, reason)] for every video the dataset could not read: not found (by its path or its file
     name in any folder, see resolve) or not decodable (decodes num_frames spread frames)."""
-    found = _locate(root, [p for p, _ in samples])
+    found = locate(root, [p for p, _ in samples])
     paths = [os.path.join(root, f) for f in found if f is not None]
     if workers > 0:
         import functools

@@ -6,7 +6,7 @@ videos you have on disk.
 ANNOTATIONS.csv  the official training annotations (Kinetics-400 train.csv: label,youtube_id,time_start,time_end,
                  split[,is_cc]); `split` names the folder of the lists' paths (train), as in the authors' lists.
 ROOT             the download: each video is looked up as data.py finds them (ROOT/train/<file>, or by its file name
-                 in any folder under ROOT, e.g. ROOT/train/<class>/<file>; see data.resolve).
+                 in any folder under ROOT, e.g. ROOT/train/<class>/<file>; see video_index.resolve).
 OUT_DIR          where train.txt and base_train.txt are written; by default where train.py and the authors' tree keep
                  them: splits/datasets_splits/k400_splits/train.txt and
                  splits/datasets_splits/base2novel_splits/k400_splits/base_train.txt.
@@ -30,6 +30,7 @@ import os
 import sys
 
 import data
+import video_index
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LABELS = os.path.join(HERE, "splits", "labels", "kinetics_400_labels.csv")
@@ -81,7 +82,7 @@ def build_lists(annotations_csv, root, labels=LABELS, base_labels=BASE_LABELS):
         raise data.DatasetError(f"{annotations_csv}: {len(unknown)} labels are not classes of {labels}: e.g. "
                                 f"{', '.join(unknown[:3])}")
     samples = [(path, class_id[_key(label)]) for path, label in annotated]
-    _, absent = data.resolve(root, samples)
+    _, absent = video_index.resolve(root, samples)
     if len(absent) == len(samples):
         raise data.DatasetError(f"none of the {len(samples)} videos of {os.path.basename(annotations_csv)} found "
                                 f"under {root}: e.g. {', '.join(absent[:3])}; expected ROOT/<split>/<file> or "

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 import clip_model
 import clip_weights
 import data
+import video_index
 import vifi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -370,7 +371,7 @@ def load_split(name: str, root: str, list_path: str, labels_path: str) -> Split:
     class_names = data.read_labels(labels_path)
     # Pre-flight, before weights or model: every listed video found (by path or by file name in any folder of the
     # download) or a one-line DatasetError; the samples point at the files found.
-    samples, _ = data.preflight(root, data.read_list(list_path, len(class_names)), list_path)
+    samples, _ = video_index.preflight(root, data.read_list(list_path, len(class_names)), list_path)
     return Split(name, root, samples, class_names)
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import data
+import video_decoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = os.path.join(ROOT, "splits")
@@ -329,7 +330,7 @@ def test_sample_indices_errors():
 
 @pytest.mark.parametrize("kind", ["mp4", "avi", "vp8", "vp9", "mkv", "raw"])
 def test_decode_containers_codecs(videos, kind):
-    with data.VideoReader(videos[kind]) as r:
+    with video_decoder.VideoReader(videos[kind]) as r:
         assert r.num_frames == N
         idx = [39, 0, 7, 7, 20, 33]
         frames = r.get(idx)
@@ -346,19 +347,19 @@ def test_missing_metadata(videos):
 
 
 def test_decode_every_frame_and_repeated_get(videos):
-    with data.VideoReader(videos["mp4"]) as r:
+    with video_decoder.VideoReader(videos["mp4"]) as r:
         assert [read_index(f) for f in r.get(range(N))] == list(range(N))
         assert [read_index(f) for f in r.get([5, 1])] == [5, 1]  # a second get starts over
 
 
 def test_decode_resize_inside_conversion(videos):
-    assert data.decode_frames(videos["mp4"], [3], size=96).shape == (1, 96, 128, 3)  # short side
-    assert data.decode_frames(videos["mp4"], [3], size=(30, 20)).shape == (1, 20, 30, 3)
-    assert data.decode_frames(videos["wide"], [3], size=35).shape == (1, 35, 70, 3)  # even width: fast path
+    assert video_decoder.decode_frames(videos["mp4"], [3], size=96).shape == (1, 96, 128, 3)  # short side
+    assert video_decoder.decode_frames(videos["mp4"], [3], size=(30, 20)).shape == (1, 20, 30, 3)
+    assert video_decoder.decode_frames(videos["wide"], [3], size=35).shape == (1, 35, 70, 3)  # even width: fast path
 
 
 def test_decode_variable_frame_rate(videos):
-    with data.VideoReader(videos["vfr"]) as r:
+    with video_decoder.VideoReader(videos["vfr"]) as r:
         got = [read_index(f) for f in r.get(range(r.num_frames))]
         slots = [round(p / 1000 * r.fps) for p in VFR_PTS]
     # frame k: the first frame whose time rounds to slot k, else the last one before
@@ -368,20 +369,20 @@ def test_decode_variable_frame_rate(videos):
 
 
 def test_decode_short_video_repeats(videos):
-    with data.VideoReader(videos["short"]) as r:
+    with video_decoder.VideoReader(videos["short"]) as r:
         idx = data.sample_indices(r.num_frames, 8, "eval")
         got = [read_index(f) for f in r.get(idx)]
     assert got == idx and len(set(got)) == 5
 
 
 def test_decode_estimate_too_high(videos):
-    with data.VideoReader(videos["mp4"]) as r:
+    with video_decoder.VideoReader(videos["mp4"]) as r:
         r.num_frames = 60  # the metadata overstates the length: the video ends early
         got = [read_index(f) for f in r.get(data.sample_indices(60, 6, "eval"))]
     assert got == [5, 15, 25, 35, 39, 39]  # last decoded frame reused
-    with data.VideoReader(videos["mp4"]) as r:
+    with video_decoder.VideoReader(videos["mp4"]) as r:
         r.num_frames = 200  # ends before half its stated length: truncated
-        with pytest.raises(data.DecodeError, match="truncated"):
+        with pytest.raises(video_decoder.DecodeError, match="truncated"):
             r.get([150])
 
 
@@ -393,24 +394,24 @@ def test_decode_seeks_over_long_gaps(videos, monkeypatch):
         seeks.append(a)
         return real_seek(self, *a, **k)
 
-    monkeypatch.setattr(data, "SEEK_GAP", 30)
+    monkeypatch.setattr(video_decoder, "SEEK_GAP", 30)
     monkeypatch.setattr(av.container.InputContainer, "seek", seek)
     idx = [3, 150, 151, 390, 399, 200]
-    with data.VideoReader(videos["long"]) as r:
+    with video_decoder.VideoReader(videos["long"]) as r:
         got = [read_index(f) % 256 for f in r.get(idx)]
     assert got == [i % 256 for i in idx] and len(seeks) >= 2
 
 
-@pytest.mark.parametrize("kind, error", [("missing", FileNotFoundError), ("empty", data.DecodeError),
+@pytest.mark.parametrize("kind, error", [("missing", FileNotFoundError), ("empty", video_decoder.DecodeError),
                                          ("corrupt", av.error.InvalidDataError), ("dir", OSError),
-                                         ("trunc_head", data.DecodeError)])
+                                         ("trunc_head", video_decoder.DecodeError)])
 def test_decode_bad_files_raise(videos, kind, error):
     with pytest.raises(error):
-        data.decode_frames(videos[kind], [0, 5, 39])
+        video_decoder.decode_frames(videos[kind], [0, 5, 39])
 
 
 def test_decode_truncated_tail_still_reads(videos):
-    got = [read_index(f) for f in data.decode_frames(videos["trunc_tail"], [0, 20, 39])]
+    got = [read_index(f) for f in video_decoder.decode_frames(videos["trunc_tail"], [0, 20, 39])]
     assert got[:2] == [0, 20] and got[2] <= 39
 
 

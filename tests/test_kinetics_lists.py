@@ -6,6 +6,7 @@ import re
 import pytest
 
 import data
+import video_index
 import kinetics_lists
 import train
 
@@ -69,7 +70,7 @@ def test_lists_for_the_videos_on_disk(tmp_path, capsys):
     # The lists read back against the labels files and resolve in the class-folder layout, none missing.
     train_list = data.read_list(tmp_path / "out" / "train.txt", len(NAMES))
     data.read_list(tmp_path / "out" / "base_train.txt", len(BASE))
-    assert data.preflight(str(root), train_list, str(tmp_path / "out" / "train.txt"))[1] == []
+    assert video_index.preflight(str(root), train_list, str(tmp_path / "out" / "train.txt"))[1] == []
 
 
 def test_base_list_is_derived_as_the_authors_derived_theirs(tmp_path):

@@ -12,6 +12,7 @@ import torch
 import clip_model
 import clip_weights
 import data
+import video_decoder
 import miniworld
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +65,7 @@ def test_the_pixels_show_the_label(reduced_world):
     names = data.read_labels(paths["labels"])
     by_name = {names[label]: rel for rel, label in data.read_list(paths["val"], len(names))}
     T = miniworld.REDUCED["frames"]
-    decode = lambda name: data.decode_frames(os.path.join(paths["root"], by_name[name]), list(range(T)))  # noqa: E731
+    decode = lambda name: video_decoder.decode_frames(os.path.join(paths["root"], by_name[name]), list(range(T)))  # noqa: E731
     mask = object_mask(decode("moving to the left"))
     xs = [np.nonzero(m)[1].mean() for m in mask]
     assert xs[-1] < xs[0] - 10  # pixels of a 64-pixel frame

@@ -1,5 +1,5 @@
 """The datasets as their users download them: HMDB-51 in class folders, UCF-101 as UCF-101/<Class>/v_*.avi, Kinetics
-as train|val/<class>/<youtube_id>_<start>_<end>.mp4. Every listed video is found (data.resolve, through the cached
+as train|val/<class>/<youtube_id>_<start>_<end>.mp4. Every listed video is found (video_index.resolve, through the cached
 index), decodes, and trains; an empty or wrong root stops at once with one line, before any weights are fetched.
 
 Videos are tiny (32x32, 4 frames) and named after the shipped lists; where only finding matters, empty files stand in.
@@ -16,6 +16,7 @@ import torch
 import clip_model
 import clip_weights
 import data
+import video_index
 import miniworld
 import train
 
@@ -77,7 +78,7 @@ def test_hmdb_class_folders_as_extracted(tmp_path):
     root = tmp_path / "hmdb51"
     for p, y in samples:
         tiny_video(root / hmdb_folder(names[y]) / p)
-    resolved, missing = data.resolve(str(root), samples)
+    resolved, missing = video_index.resolve(str(root), samples)
     assert missing == [] and resolved == [(f"{hmdb_folder(names[y])}/{p}", y) for p, y in samples]
     assert data.check_videos(str(root), samples) == []  # 0 unreadable: found through the index, decoded
     clip = data.VideoDataset(str(root), resolved, num_frames=2, input_size=32).load(0)
@@ -91,7 +92,7 @@ def test_shipped_hmdb_val1_resolves_in_class_folders(tmp_path):
     root = tmp_path / "hmdb51"
     for p, y in samples:
         placeholder(root / hmdb_folder(names[y]) / p)
-    resolved, missing = data.preflight(str(root), samples, HMDB_VAL1)
+    resolved, missing = video_index.preflight(str(root), samples, HMDB_VAL1)
     assert missing == [] and len(resolved) == 1530
     assert all(r == (f"{hmdb_folder(names[y])}/{p}", y) for r, (p, y) in zip(resolved, samples))
 
@@ -103,7 +104,7 @@ def test_ucf101_as_extracted(tmp_path):
     root = tmp_path / "ucf"
     for p, _ in samples:
         tiny_video(root / "UCF-101" / ucf_class(p) / p)
-    resolved, missing = data.preflight(str(root), samples, list_path)
+    resolved, missing = video_index.preflight(str(root), samples, list_path)
     assert missing == [] and resolved == [(f"UCF-101/{ucf_class(p)}/{p}", y) for p, y in samples]
     assert data.check_videos(str(root), samples) == []
 
@@ -118,7 +119,7 @@ def test_kinetics_class_folders_as_downloaded(tmp_path):
     for p, y in samples:
         split, file_name = p.split("/")
         tiny_video(root / split / names[y] / file_name)
-    resolved, missing = data.preflight(str(root), samples, list_path)
+    resolved, missing = video_index.preflight(str(root), samples, list_path)
     assert missing == []
     assert resolved == [(f"val/{names[y]}/{p.split('/')[1]}", y) for p, y in samples]
     assert data.check_videos(str(root), samples) == []
@@ -127,7 +128,7 @@ def test_kinetics_class_folders_as_downloaded(tmp_path):
 def test_listed_folder_picks_between_two_files_of_one_name(tmp_path):
     placeholder(tmp_path / "train" / "a" / "x.mp4")
     placeholder(tmp_path / "val" / "a" / "x.mp4")
-    resolved, missing = data.resolve(str(tmp_path), [("val/x.mp4", 0), ("train/x.mp4", 1)])
+    resolved, missing = video_index.resolve(str(tmp_path), [("val/x.mp4", 0), ("train/x.mp4", 1)])
     assert resolved == [("val/a/x.mp4", 0), ("train/a/x.mp4", 1)] and missing == []
 
 
@@ -136,7 +137,7 @@ def test_a_name_found_twice_is_an_error_naming_both(tmp_path):
     placeholder(tmp_path / "walk" / "clip_1.avi")
     with pytest.raises(data.DatasetError, match=r"clip_1\.avi is found twice, as (run|walk)/clip_1\.avi and "
                                                 r"(walk|run)/clip_1\.avi"):
-        data.resolve(str(tmp_path), [("clip_1.avi", 0)])
+        video_index.resolve(str(tmp_path), [("clip_1.avi", 0)])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -148,30 +149,30 @@ def test_index_is_cached_outside_the_root_and_not_walked_again(tmp_path, cache, 
     for c in ("a", "b"):
         placeholder(root / c / f"{c}.avi")
     samples = [("a.avi", 0), ("b.avi", 1), ("gone.avi", 1)]
-    assert data.resolve(str(root), samples)[1] == ["gone.avi"]
-    assert os.path.isfile(data.index_path(str(root))) and str(cache) in data.index_path(str(root))
+    assert video_index.resolve(str(root), samples)[1] == ["gone.avi"]
+    assert os.path.isfile(video_index.index_path(str(root))) and str(cache) in video_index.index_path(str(root))
     assert sorted(os.listdir(root)) == ["a", "b"]  # nothing written into the dataset
 
     def no_walk(root):
         raise AssertionError("walked again")
 
-    monkeypatch.setattr(data, "_walk", no_walk)
-    resolved, missing = data.resolve(str(root), samples)  # a missing name alone does not rebuild a valid index
+    monkeypatch.setattr(video_index, "_walk", no_walk)
+    resolved, missing = video_index.resolve(str(root), samples)  # a missing name alone does not rebuild a valid index
     assert resolved[:2] == [("a/a.avi", 0), ("b/b.avi", 1)] and missing == ["gone.avi"]
 
 
 def test_index_is_rebuilt_when_a_folder_changes(tmp_path, monkeypatch):
     root = tmp_path / "videos"
     placeholder(root / "a" / "a.avi")
-    data.resolve(str(root), [("a.avi", 0)])
+    video_index.resolve(str(root), [("a.avi", 0)])
     walks = []
-    walk = data._walk
-    monkeypatch.setattr(data, "_walk", lambda r: walks.append(r) or walk(r))
+    walk = video_index._walk
+    monkeypatch.setattr(video_index, "_walk", lambda r: walks.append(r) or walk(r))
     placeholder(root / "a" / "late.avi")
     os.utime(root / "a", ns=(1, 1))  # the folder's time changed (explicitly: coarse clocks could hide it)
-    assert data.resolve(str(root), [("late.avi", 0)]) == ([("a/late.avi", 0)], [])
+    assert video_index.resolve(str(root), [("late.avi", 0)]) == ([("a/late.avi", 0)], [])
     assert len(walks) == 1
-    data.resolve(str(root), [("late.avi", 0)])
+    video_index.resolve(str(root), [("late.avi", 0)])
     assert len(walks) == 1  # valid again
 
 
@@ -179,7 +180,7 @@ def test_index_works_when_the_cache_cannot_be_written(tmp_path, monkeypatch, cap
     (tmp_path / "not-a-folder").write_text("")
     monkeypatch.setenv("VIFI_CACHE", str(tmp_path / "not-a-folder"))
     placeholder(tmp_path / "videos" / "a" / "a.avi")
-    assert data.resolve(str(tmp_path / "videos"), [("a.avi", 0)]) == ([("a/a.avi", 0)], [])
+    assert video_index.resolve(str(tmp_path / "videos"), [("a.avi", 0)]) == ([("a/a.avi", 0)], [])
     assert "cannot cache the index" in caplog.text
 
 
@@ -190,7 +191,7 @@ def test_index_works_when_the_cache_cannot_be_written(tmp_path, monkeypatch, cap
 def test_preflight_on_an_empty_root_says_what_is_missing_in_one_line(tmp_path):
     samples = data.read_list(HMDB_VAL1)
     with pytest.raises(data.DatasetError) as failure:
-        data.preflight(str(tmp_path), samples, HMDB_VAL1)
+        video_index.preflight(str(tmp_path), samples, HMDB_VAL1)
     message = str(failure.value)
     assert "\n" not in message
     assert message == (f"HMDB: 1530 of 1530 videos in val1.txt not found under {tmp_path}: e.g. "
@@ -203,21 +204,21 @@ def test_preflight_names_the_kinetics_layout(tmp_path):
     with pytest.raises(data.DatasetError, match=r"^Kinetics-400: 9944 of 9944 videos in base_val\.txt not found "
                                                 r".*; expected ROOT/val/<file> or ROOT/<any folder>/<file> "
                                                 r"\(Kinetics as downloaded: .*<youtube_id>_<start>_<end>\.mp4\)$"):
-        data.preflight(str(tmp_path), data.read_list(list_path), list_path)
+        video_index.preflight(str(tmp_path), data.read_list(list_path), list_path)
 
 
 def test_preflight_allows_one_percent_missing_and_reports_them(tmp_path, caplog):
     samples = [(f"c{i % 4}/v{i}.avi", i % 4) for i in range(300)]
     for p, _ in samples[3:]:
         placeholder(tmp_path / "videos" / p)
-    resolved, missing = data.preflight(str(tmp_path / "videos"), samples, "my_list.txt")  # 3 of 300: 1%
+    resolved, missing = video_index.preflight(str(tmp_path / "videos"), samples, "my_list.txt")  # 3 of 300: 1%
     assert missing == ["c0/v0.avi", "c1/v1.avi", "c2/v2.avi"] and resolved == samples
     assert "3 of 300 videos in my_list.txt not found" in caplog.text and "count as unreadable" in caplog.text
     os.remove(tmp_path / "videos" / samples[3][0])
     with pytest.raises(data.DatasetError, match=r"^4 of 300 videos in my_list\.txt not found under .*: e\.g\. "
                                                 r"c0/v0\.avi, c1/v1\.avi, c2/v2\.avi; expected ROOT/c0/<file> or "
                                                 r"ROOT/<any folder>/<file>$"):
-        data.preflight(str(tmp_path / "videos"), samples, "my_list.txt")
+        video_index.preflight(str(tmp_path / "videos"), samples, "my_list.txt")
 
 
 def test_check_command_finds_videos_by_name(tmp_path, capsys):
@@ -274,7 +275,7 @@ def test_an_empty_or_wrong_root_stops_before_any_download(tmp_path, monkeypatch,
     def no_download(*args, **kwargs):
         pytest.fail("the weights were fetched before the data was checked")
 
-    monkeypatch.setattr(clip_model, "download", no_download)
+    monkeypatch.setattr(clip_weights, "download", no_download)
     monkeypatch.setitem(clip_weights._MODELS, "ViT-B/16", "http://127.0.0.1:9/x/ViT-B-16.pt")
     monkeypatch.setenv("CLIP_CACHE", str(tmp_path / "clip-cache"))
     wrong = tmp_path / "wrong"
