@@ -8,6 +8,7 @@ import pytest
 import data
 import video_index
 import kinetics_lists
+import protocols
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,10 +103,10 @@ def test_base_list_is_derived_as_the_authors_derived_theirs(tmp_path):
 
 
 def test_default_output_is_where_train_py_reads(tmp_path, monkeypatch):
-    d = train.REAL_DATASETS["k400"]
-    assert kinetics_lists.TRAIN_LIST == os.path.join(train.SPLITS, "datasets_splits", d["folder"], d["train"])
-    assert kinetics_lists.BASE_TRAIN_LIST == os.path.join(train.SPLITS, "datasets_splits", "base2novel_splits",
-                                                          d["b2n"], "base_train.txt")
+    d = protocols.PAPER_DATASETS["k400"]
+    assert kinetics_lists.TRAIN_LIST == os.path.join(protocols.SPLITS, "datasets_splits", d.folder, d.train)
+    assert kinetics_lists.BASE_TRAIN_LIST == os.path.join(protocols.SPLITS, "datasets_splits", "base2novel_splits",
+                                                          d.folder, "base_train.txt")
     monkeypatch.setattr(kinetics_lists, "TRAIN_LIST", str(tmp_path / "a" / "train.txt"))
     monkeypatch.setattr(kinetics_lists, "BASE_TRAIN_LIST", str(tmp_path / "b" / "base_train.txt"))
     write_annotations(tmp_path / "train.csv", [["abseiling", "x", "0", "10"]], split=False)
