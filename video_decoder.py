@@ -7,12 +7,14 @@ H.264 clips shaped like UCF-101 and Kinetics: 2.2-2.9x the clips per second (ben
 the same frames (tests/test_data.py). None of this is the paper's method; data.py holds the sampling and the clips.
 """
 import os
+import re
 
 import av
 import numpy as np
 
 MIN_COVERAGE = 0.5  # a video whose decodable frames stop before this fraction of its length is "truncated"
-SEEK_GAP = 250      # seek instead of decoding forward when the next wanted frame is this many frames ahead
+SEEK_GAP = 250      # seek instead of decoding forward when the next wanted frame is this many frames ahead, or
+                    # two keyframe intervals if the video says it has shorter ones (prepare_videos.py: gop=16)
 MAX_PACKET_ERRORS = 10
 
 
@@ -53,6 +55,9 @@ class VideoReader:
             self.fps = float(rate) if rate else None
             self.time_base = float(s.time_base) if s.time_base else None
             self.num_frames = self._estimate_frames()
+            comment = " ".join(v for k, v in self.container.metadata.items() if k.lower() == "comment")
+            gop = re.search(r"\bgop=(\d+)", comment)  # written by prepare_videos.py
+            self.seek_gap = min(SEEK_GAP, 2 * int(gop.group(1))) if gop else SEEK_GAP  # a keyframe is in between
         except BaseException:
             self.container.close()
             raise
@@ -158,7 +163,7 @@ class VideoReader:
                 k = index_of(packet.pts)
                 ctx.skip_frame = "DEFAULT" if k in wanted else "NONREF"
                 position = max(last_k, k)
-                if want[j] - position > SEEK_GAP and want[j] != seek_target:  # jump ahead instead of decoding
+                if want[j] - position > self.seek_gap and want[j] != seek_target:  # jump ahead, not decode
                     seek_target = want[j]
                     ts = int(start + (want[j] - 0.5) / (self.fps * self.time_base))
                     self.container.seek(ts, stream=s, backward=True)

@@ -115,9 +115,9 @@ def test_bf16_autocast_runs_and_stays_close(clip):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(x)
         loss = model.loss(logits, labels)
-    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert logits.dtype == torch.float32 and loss.dtype == torch.float32  # the head runs in fp32 (vifi.forward)
     loss.backward()
-    assert F.cosine_similarity(logits.float(), fp32).min() > 0.99
+    assert F.cosine_similarity(logits, fp32).min() > 0.99 and not torch.equal(logits.detach(), fp32)
 
 
 def test_with_one_frame_the_three_fusions_agree(clip):
@@ -318,8 +318,9 @@ def test_cache_keeps_autocast_results_apart(clip):
         fp32 = model.text_features()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = model.text_features()
-        assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
-        assert model.text_features().dtype == torch.float32
+        assert fp32.dtype == bf16.dtype == torch.float32  # normalised in fp32, from towers run in bf16
+        assert not torch.equal(fp32, bf16) and torch.allclose(fp32, bf16, atol=0.02)
+        assert torch.equal(model.text_features(), fp32)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -597,7 +598,7 @@ def test_classify_ranks_the_classes_of_a_video(clip, tmp_path):
     path = tmp_path / "my video.mp4"
     write_video(path)
     model = build(clip, train_mode="both", normalization="imagenet").train()
-    ranked = vifi.classify(model, str(path), NOVEL, num_frames=4)
+    ranked = vifi.classify(model, str(path), NOVEL, num_frames=4, precision="fp32")
     assert [name for name, _ in ranked] != [] and sorted(n for n, _ in ranked) == sorted(NOVEL)
     probs = [p for _, p in ranked]
     assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5
@@ -634,3 +635,34 @@ def test_readme_example_gives_the_authors_weights_their_pixel_statistics(tmp_pat
     assert model.normalization == "imagenet"
     assert dict(ranked) == pytest.approx(probabilities("imagenet"), abs=1e-6)
     assert dict(ranked) != pytest.approx(probabilities("clip"), abs=1e-6)
+
+
+def test_classify_in_bf16_agrees_with_fp32(clip, tmp_path):
+    path = tmp_path / "v.mp4"
+    write_video(path)
+    model = build(clip, train_mode="none")
+    fp32 = vifi.classify(model, str(path), NOVEL, num_frames=4, precision="fp32")
+    bf16 = vifi.classify(model, str(path), NOVEL, num_frames=4, precision="bf16")
+    assert fp32[0][0] == bf16[0][0]
+    assert dict(bf16) == pytest.approx(dict(fp32), abs=0.02) and dict(bf16) != dict(fp32)  # bf16 really ran
+
+
+def test_inference_precision_explicit_requests_and_errors():
+    for precision in ("fp32", "bf16", "fp16"):
+        assert vifi.inference_precision("cpu", precision) == precision
+    with pytest.raises(ValueError, match="precision must be one of"):
+        vifi.inference_precision("cpu", "fp64")
+    assert vifi.inference_precision("meta") == "fp32"  # a device we know nothing about
+
+
+@pytest.mark.parametrize("speedup, expected", [(3.0, "bf16"), (0.7, "fp32"), (1.1, "fp32")])
+def test_auto_on_a_cpu_takes_bf16_only_where_it_measures_faster(monkeypatch, capsys, speedup, expected):
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no oneDNN bf16: auto is fp32 without measuring")
+    calls = []
+    monkeypatch.setattr(vifi, "_cpu_bf16_speedup", {})
+    monkeypatch.setattr(vifi, "_measure_cpu_bf16_speedup", lambda: calls.append(1) or speedup)
+    assert vifi.inference_precision("cpu") == expected
+    assert f"inference precision: {expected} (auto: bf16 measured {speedup:.2f}x fp32" in capsys.readouterr().out
+    assert vifi.inference_precision(torch.device("cpu"), "auto") == expected  # measured once per process
+    assert len(calls) == 1 and capsys.readouterr().out == ""
