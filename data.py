@@ -1,81 +1,45 @@
-"""Video data for ViFi-CLIP: split lists, frame sampling, decoding, augmentation, bad-file handling.
+"""Video data for ViFi-CLIP: split lists, sparse frame sampling, augmentation, clips, bad videos (paper Sec. 3-4,
+Appendix B-D).
 
-Everything the paper says about data lives here (paper Sec. 3 "Problem Settings", Sec. 4 "Experimental setup",
-Appendix B-D). The module depends on torch, PyAV (av) and numpy only.
+Files (the authors' layout; shipped in splits/): a list file holds "relative/path label" per line (the label is the
+last field, so paths may hold spaces); a labels CSV holds "id,name" rows.
 
-Files (the authors' layout; shipped copies in splits/)
-    list file   one video per line, "relative/path.ext label", label an integer class id (paths may hold spaces:
-                the label is the last field).
-    labels CSV  header "id,name", one class per row; names come from the id column, not from row order.
+Reading order:
+  read_labels, read_list            the files (DatasetError "file:line: ..." for anything malformed)
+  kshot_split, base_novel_split     the few-shot and base-to-novel splits (Sec. 3); base = the most frequent half of
+                                    the classes, numbered as the authors' shipped base/novel label files
+  sample_indices                    sparse segment sampling (TSN): T segments, a random frame of each in training,
+                                    the centre in evaluation, evenly spread views for multi-view evaluation
+  eval_plan, train_plan, apply_plan one geometry and colour change per clip (multi-scale crop, flip, colour jitter,
+                                    grayscale), applied as crop boxes resized straight to the input size
+  VideoDataset, collate             clips [V*T, 3, S, S] (V = num_clips x num_crops views) with label, index, ok
+  mixup_cutmix                      the authors' mixup / cutmix with label smoothing
+  check_videos, main                `python data.py --check ROOT LIST LABELS`: exit status 0 every video readable,
+                                    1 unreadable videos found (listed), 2 bad arguments or list files
 
-Splits (paper Sec. 3, Appendix D)
-    read_labels(csv_path) -> list[str]                          names[id]
-    read_list(list_path, num_classes=None) -> list[(relpath, label)]
-    write_list(path, samples) / write_labels(path, names)
-    kshot_split(samples, k, seed=0, num_classes=None) -> samples   K random videos per class (few-shot setting)
-    base_novel_split(samples, class_names, base_names=None, novel_names=None)
-        -> (base_samples, novel_samples, base_names, novel_names)
-        the most frequent half of the classes is "base"; both halves are relabelled 0.. in ascending
-        (count, id) order, which reproduces the authors' shipped base/novel label files. Pass the training
-        split's base_names and novel_names to split a validation list the same way.
-    subset_classes(samples, class_names, keep_names) -> samples relabelled to keep_names' order
+Bad videos: a missing, empty, truncated or undecodable video never stops a run. VideoDataset catches the error, logs
+the path once, records it in a table shared by the DataLoader workers (num_failures() counts distinct videos) and
+returns ok=False. Training gets the next readable sample instead (deterministically), so the batch is complete;
+evaluation gets a zero clip with the true label, which counts as wrong and stays in the denominator.
 
-Frames (sparse segment sampling, TSN; Appendix D)
-    sample_indices(num_frames, T, mode='train'|'eval', generator=None, num_clips=1) -> list[int] (num_clips*T)
-    decode_frames(path, indices, size=None, threads=0) -> uint8 ndarray [len(indices), H, W, 3] (RGB)
-    VideoReader(path, threads=0): .num_frames (estimate), .get(indices, size=None), a context manager
+Determinism: evaluation views depend only on the video; training randomness (frame positions, crop, flip, colour)
+comes from a generator seeded by (seed, epoch, index), so a resumed run reproduces it.
 
-Clips
-    VideoDataset(root, samples_or_list_path, class_names=None, num_frames=32, train=False, input_size=224,
-                 num_clips=1, num_crops=1, norm='clip', seed=0, decode_threads=1, max_retries=10)
-        ds[i] -> (clip, label, index, ok);  ds.load(i) -> clip (raises on unreadable videos)
-            clip  float32 [V*T, 3, S, S], V = num_clips * num_crops views, view v = clip c * num_crops + crop k,
-                  so clip.view(V, T, 3, S, S) gives the views; single view: [T, 3, S, S]
-            label int, index int (of the sample returned), ok bool (False: the requested video was unreadable)
-        Multi-view evaluation: clips [B, V*T, 3, S, S] -> clips.view(B * V, T, 3, S, S), score every view,
-        average the V scores of each video. Fully-supervised setting: num_clips=4, num_crops=3 (Appendix D and
-        the authors' code; Sec. 4 swaps the two numbers); other settings: one view (num_clips=num_crops=1).
-    collate(batch) -> dict(clips, label, index, ok)     DataLoader collate_fn (tensors; ok is bool)
-    mixup_cutmix(clips, labels, num_classes, ...) -> (clips, soft_targets)   (training option)
-    check_videos(root, samples, num_frames=8, workers=0) -> list[(relpath, reason)]
-    command line: python data.py --check ROOT LIST LABELS [--workers N]
-
-Bad videos: the contract for train.py and the evaluator
-    A missing, empty, truncated (less than half of its frames decodable) or undecodable video raises
-    DecodeError/OSError/av.FFmpegError inside the dataset, which catches it, logs the path once (logging,
-    logger "data", level WARNING), records it in a failure table shared by all DataLoader worker processes, and
-    returns ok=False for that sample.
-    * Training (train=True): the clip and label are those of the next readable sample, (i+1) % N, (i+2) % N, ...
-      (deterministic), so the batch is complete and is trained on as usual; only ok=False tells. Per epoch:
-          ds.set_epoch(epoch)                  # before iter(loader): also seeds the augmentation
-          bad = 0
-          for batch in loader:                 # collate_fn=data.collate
-              bad += int((~batch["ok"]).sum())  # sum over ranks with torch.distributed.all_reduce
-          print(f"epoch {epoch}: {bad} unreadable videos replaced")
-    * Evaluation (train=False): the sample keeps its true label and index, with a zero clip and ok=False. It
-      counts as a wrong prediction and stays in the denominator:
-          correct += ((pred == batch["label"]) & batch["ok"]).sum();  total += len(batch["ok"])
-          failed += (~batch["ok"]).sum()       # shown in the report
-      so the evaluation DataLoader must not use drop_last=True.
-    Also: ds.num_failures() counts every time an unreadable video was met in any worker (cumulative), and
-    ds.failed_videos() lists their paths. A video found bad once is not decoded again by that dataset.
-
-Determinism
-    Evaluation views depend only on the video (no random numbers). Training randomness (frame positions, crop,
-    flip, colour) comes from a torch.Generator seeded from (seed, epoch, index), so a resumed run reproduces it;
-    set_epoch writes to shared memory, so it also reaches persistent DataLoader workers.
+Beside this file: video_decoder.py (decodes only the frames a clip needs) and video_index.py (finds listed videos in a
+dataset folder as downloaded, and checks a list before anything heavy).
 """
 import argparse
 import csv
 import logging
 import math
 import os
-import re
 import sys
 
-import av
 import numpy as np
 import torch
+
+from video_decoder import DECODE_ERRORS, VideoReader
+from video_index import DatasetError, locate
 
 log = logging.getLogger("data")
 
@@ -88,18 +52,6 @@ NORMS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD
 SCALES = (1, 0.875, 0.75, 0.66)  # multi-scale crop (TSN), as in the authors' training pipeline
 JITTER = dict(p=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)  # authors' ColorJitter settings
 GRAYSCALE_P = 0.2
-MIN_COVERAGE = 0.5  # a video whose decodable frames stop before this fraction of its length is "truncated"
-SEEK_GAP = 250      # seek instead of decoding forward when the next wanted frame is this many frames ahead, or
-                    # two keyframe intervals if the video says it has shorter ones (prepare_videos.py: gop=16)
-MAX_PACKET_ERRORS = 10
-
-
-class DatasetError(ValueError):
-    """A list or labels file is malformed; the message starts with "file:line:"."""
-
-
-class DecodeError(RuntimeError):
-    """A video cannot be decoded (no video stream, no frames, truncated, corrupt)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -266,198 +218,6 @@ def sample_indices(num_frames, T, mode="train", generator=None, num_clips=1):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Decoding (PyAV)
-
-def _target_size(size, w, h):
-    """size: None (keep), int (short side, even sizes), or (width, height)."""
-    if size is None:
-        return w, h
-    if isinstance(size, int):
-        even = lambda v: max(2, 2 * round(v / 2))  # even widths convert much faster
-        return (size, even(h * size / w)) if w <= h else (even(w * size / h), size)
-    return tuple(size)
-
-
-class VideoReader:
-    """One open video. num_frames is an estimate (the container's count, else duration * frame rate, else the
-    number of packets); get() is robust to it being wrong.
-
-    Frame k is found by time: the first frame whose timestamp * fps rounds to k, else the last frame before (for
-    constant-frame-rate videos, simply the k-th frame; for variable frame rates, the frame on screen then). When
-    the stream has no timestamps or no frame rate, frames are counted as they come out of the decoder instead."""
-
-    def __init__(self, path, threads=0):
-        self.path = path
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            raise DecodeError(f"empty file: {path}")
-        self.threads = threads
-        self._open()  # FileNotFoundError / av.InvalidDataError pass through
-        try:
-            s = self.stream
-            rate = s.average_rate or s.guessed_rate or s.base_rate
-            self.fps = float(rate) if rate else None
-            self.time_base = float(s.time_base) if s.time_base else None
-            self.num_frames = self._estimate_frames()
-            comment = " ".join(v for k, v in self.container.metadata.items() if k.lower() == "comment")
-            gop = re.search(r"\bgop=(\d+)", comment)  # written by prepare_videos.py
-            self.seek_gap = min(SEEK_GAP, 2 * int(gop.group(1))) if gop else SEEK_GAP  # a keyframe is in between
-        except BaseException:
-            self.container.close()
-            raise
-
-    def _estimate_frames(self):
-        s = self.stream
-        if s.frames and s.frames > 0:
-            return s.frames
-        if self.fps:
-            if s.duration and self.time_base:
-                return max(1, round(s.duration * self.time_base * self.fps))
-            if self.container.duration:
-                return max(1, round(self.container.duration / av.time_base * self.fps))
-        n = 0
-        try:
-            for p in self.container.demux(s):  # no metadata: count packets
-                n += p.size > 0
-        except (av.error.EOFError, av.error.InvalidDataError):
-            pass
-        self._reopen()
-        if n == 0:
-            raise DecodeError(f"no video frames: {self.path}")
-        return n
-
-    def _open(self):
-        self.container = av.open(self.path)
-        if not self.container.streams.video:
-            self.container.close()
-            raise DecodeError(f"no video stream: {self.path}")
-        self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"  # frame + slice threads
-        self.stream.codec_context.thread_count = self.threads  # 0: one per core
-        self._used = False
-
-    def _reopen(self):  # a fresh start (raw streams cannot always seek back)
-        self.container.close()
-        self._open()
-
-    def close(self):
-        self.container.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def get(self, indices, size=None):
-        """Frames at `indices` (any order, repeats allowed) as uint8 RGB [len(indices), H, W, 3].
-
-        Decodes forward once and converts only the frames that are kept (size: None keeps the decoded size, an int
-        sets the short side, (width, height) both; the resize happens inside the conversion). Packets of frames
-        that are not wanted are decoded with skip_frame=NONREF, so frames that no other frame depends on are
-        skipped entirely. Long gaps are crossed by seeking. A video that ends early gives its last frame for the
-        indices beyond the end."""
-        if self._used:
-            self._reopen()
-        self._used = True
-        want = sorted(set(int(i) for i in indices))
-        wanted = set(want)
-        s, ctx = self.stream, self.stream.codec_context
-        by_time = None  # decided at the first packet: timestamps usable?
-        start = s.start_time
-        out_size = None
-        got = {}  # index -> uint8 array
-        j = 0  # next position in `want`
-        prev = prev_rgb = None  # last decoded frame and its RGB array (if converted)
-        jumped = False  # just sought: the next frame is nearer to want[j] than `prev`
-        last_k = -1
-        packet_errors = 0
-        ended = False
-        seek_target = -1
-
-        def index_of(ts):
-            return round((ts - start) * self.time_base * self.fps)
-
-        def convert(frame):
-            nonlocal out_size
-            if out_size is None:
-                out_size = _target_size(size, frame.width, frame.height)
-            return frame.to_ndarray(width=out_size[0], height=out_size[1], format="rgb24",
-                                    interpolation="BILINEAR")
-
-        packets = self.container.demux(s)
-        while j < len(want):
-            try:
-                packet = next(packets)
-            except StopIteration:
-                ended = True
-                break
-            except (av.error.EOFError, av.error.InvalidDataError):
-                ended = True  # truncated container: treat as the end
-                break
-            if by_time is None and packet.size:
-                by_time = bool(self.fps and self.time_base and packet.pts is not None)
-                if by_time and start is None:
-                    start = packet.pts
-                if not by_time:
-                    ctx.skip_frame = "DEFAULT"
-            if by_time and packet.size and packet.pts is None:
-                ctx.skip_frame = "DEFAULT"
-            elif by_time and packet.size:
-                k = index_of(packet.pts)
-                ctx.skip_frame = "DEFAULT" if k in wanted else "NONREF"
-                position = max(last_k, k)
-                if want[j] - position > self.seek_gap and want[j] != seek_target:  # jump ahead, not decode
-                    seek_target = want[j]
-                    ts = int(start + (want[j] - 0.5) / (self.fps * self.time_base))
-                    self.container.seek(ts, stream=s, backward=True)
-                    packets = self.container.demux(s)
-                    jumped = True
-                    continue
-            try:
-                frames = packet.decode()
-            except av.error.InvalidDataError:
-                packet_errors += 1
-                if packet_errors > MAX_PACKET_ERRORS:
-                    raise DecodeError(f"too many corrupt packets: {self.path}") from None
-                continue
-            for frame in frames:
-                k = index_of(frame.pts) if by_time and frame.pts is not None else last_k + 1
-                last_k = max(last_k, k)
-                rgb = None  # this frame, converted when first needed
-                # wanted indices that no frame matched exactly show the frame before (this one at the very start)
-                while j < len(want) and want[j] < k:
-                    if prev is None or jumped:
-                        rgb = convert(frame) if rgb is None else rgb
-                        got[want[j]] = rgb
-                    else:
-                        prev_rgb = convert(prev) if prev_rgb is None else prev_rgb
-                        got[want[j]] = prev_rgb
-                    j += 1
-                if j < len(want) and want[j] == k:
-                    rgb = convert(frame) if rgb is None else rgb
-                    got[k] = rgb
-                    j += 1
-                prev, prev_rgb, jumped = frame, rgb, False
-                if j == len(want):
-                    break
-        if prev is None:
-            raise DecodeError(f"no frames decoded: {self.path}")
-        if j < len(want):  # the stream ended before the last wanted frame
-            if ended and last_k < MIN_COVERAGE * (self.num_frames - 1):
-                raise DecodeError(f"truncated: frames end at {last_k + 1} of {self.num_frames}: {self.path}")
-            prev_rgb = convert(prev) if prev_rgb is None else prev_rgb
-            for w in want[j:]:
-                got[w] = prev_rgb
-        return np.stack([got[int(i)] for i in indices])
-
-
-def decode_frames(path, indices, size=None, threads=0):
-    """uint8 RGB frames [len(indices), H, W, 3] of the video at `path` (see VideoReader.get)."""
-    with VideoReader(path, threads=threads) as r:
-        return r.get(indices, size)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Transforms (Appendix D; the authors' pipeline for training). A plan fixes one geometry and one colour change for
 # a whole clip; it is expressed as crop boxes in the decoded frame, each resized straight to input_size^2, which
 # equals "resize the short side, then crop" but touches only the pixels that are kept.
@@ -580,9 +340,6 @@ def apply_plan(frames, plan, norm="clip"):
 # ----------------------------------------------------------------------------------------------------------
 # Dataset
 
-_DECODE_ERRORS = (DecodeError, OSError, av.error.FFmpegError, EOFError)
-
-
 class VideoDataset(torch.utils.data.Dataset):
     """Clips of T frames for training or evaluation; see the module docstring for outputs and bad videos.
 
@@ -616,7 +373,7 @@ class VideoDataset(torch.utils.data.Dataset):
         self.augment = augment
         # Shared memory: visible to (and written by) every DataLoader worker process.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self._failures = torch.zeros(len(self.samples), dtype=torch.int32).share_memory_()
+        self._failed = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()  # per sample
 
     def __len__(self):
         return len(self.samples)
@@ -626,11 +383,12 @@ class VideoDataset(torch.utils.data.Dataset):
         self._epoch[0] = epoch
 
     def num_failures(self):
-        """Number of times an unreadable video was met (replaced in training, flagged in evaluation)."""
-        return int(self._failures.sum())
+        """Number of distinct unreadable videos met so far (each replaced in training, flagged in evaluation, as
+        often as it is asked for; the per-epoch count is the batches' ok flags)."""
+        return int(self._failed.sum())
 
     def failed_videos(self):
-        return [self.samples[i][0] for i in torch.nonzero(self._failures).flatten().tolist()]
+        return [self.samples[i][0] for i in torch.nonzero(self._failed).flatten().tolist()]
 
     def generator(self, index, step=0):
         """The training randomness of sample `index` this epoch (step > 0: its step-th replacement)."""
@@ -655,14 +413,13 @@ class VideoDataset(torch.utils.data.Dataset):
         return torch.cat(views) if len(views) > 1 else views[0]  # [num_clips * num_crops * T, 3, S, S]
 
     def _try(self, index, generator=None):
-        if self._failures[index] > 0:  # known bad: do not decode again
-            self._failures[index] += 1
+        if self._failed[index]:  # known bad: do not decode again
             return None
         try:
             return self.load(index, generator)
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             log.warning("unreadable video %s: %s", self.samples[index][0], e)
-            self._failures[index] += 1
+            self._failed[index] = True
             return None
 
     def __getitem__(self, index):
@@ -734,35 +491,53 @@ def _check_one(path, num_frames=8):
         with VideoReader(path, threads=1) as r:
             r.get(sample_indices(r.num_frames, num_frames, "eval"), size=(32, 32))
         return None
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
         return f"{type(e).__name__}: {e}"
 
 
 def check_videos(root, samples, num_frames=8, workers=0):
-    """[(relpath, reason)] for every video the dataset could not read (decodes num_frames spread frames)."""
-    paths = [os.path.join(root, p) for p, _ in samples]
+    """[(relpath as listed, reason)] for every video the dataset could not read: not found (by its path or its file
+    name in any folder, see resolve) or not decodable (decodes num_frames spread frames)."""
+    found = locate(root, [p for p, _ in samples])
+    paths = [os.path.join(root, f) for f in found if f is not None]
     if workers > 0:
         import functools
         import multiprocessing
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            reasons = pool.map(functools.partial(_check_one, num_frames=num_frames), paths, chunksize=16)
+            decoded = pool.map(functools.partial(_check_one, num_frames=num_frames), paths, chunksize=16)
     else:
-        reasons = [_check_one(p, num_frames) for p in paths]
+        decoded = [_check_one(p, num_frames) for p in paths]
+    decoded = iter(decoded)
+    reasons = [f"not found under {root}" if f is None else next(decoded) for f in found]
     return [(s[0], why) for s, why in zip(samples, reasons) if why is not None]
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="ViFi-CLIP data tools")
+    ap = argparse.ArgumentParser(description="ViFi-CLIP data tools", epilog=(
+        "exit status: 0 every video readable; 1 unreadable videos found (listed on stdout with the reason); 2 bad "
+        "arguments, or a list or labels file missing or malformed (one line on stderr names the file and line)"))
     ap.add_argument("--check", nargs=3, metavar=("ROOT", "LIST", "LABELS"),
-                    help="decode 8 frames spread over every video of LIST under ROOT; list the unreadable ones")
+                    help="decode 8 frames spread over every video of LIST under ROOT (at its listed path or by its file "
+                         "name in any folder); list the missing and unreadable ones")
     ap.add_argument("--workers", type=int, default=0)
     args = ap.parse_args(argv)
     if not args.check:
         ap.print_help()
         return 2
     root, list_path, labels = args.check
-    names = read_labels(labels)
-    samples = read_list(list_path, len(names))
+    names = None
+    try:
+        if not os.path.isdir(root):
+            raise DatasetError(f"{root}: ROOT is not a folder")
+        names = read_labels(labels)
+        samples = read_list(list_path, len(names))
+    except (DatasetError, OSError, UnicodeDecodeError) as e:  # the user's input: one line, not a traceback
+        if isinstance(e, OSError) and e.filename:
+            e = f"{e.filename}: {e.strerror}"
+        elif isinstance(e, UnicodeDecodeError):
+            e = f"{labels if names is None else list_path}: not UTF-8 text ({e.reason})"
+        print(f"data.py --check: {e}", file=sys.stderr)
+        return 2
     bad = check_videos(root, samples, workers=args.workers)
     for path, why in bad:
         print(f"{path}\t{why}")

@@ -17,9 +17,9 @@ What is written
     Frames keep their timestamps (in .avi, which has none, their order at the source's frame rate), so a video keeps
     its number of frames and its duration and data.sample_indices picks the same frames. Audio is dropped (data.py
     reads video only). Frames are never enlarged: a video whose short side is already at most --short-side keeps its
-    size (and is still re-encoded, for the keyframes). The file's comment says "gop=16", which data.VideoReader reads.
+    size (and is still re-encoded, for the keyframes). The file's comment says "gop=16": video_decoder reads it.
     A keyframe every --gop frames (default 16), where libx264's default is 250: to reach a frame more than two GOPs
-    ahead, data.VideoReader (and decord) seek to the keyframe before it instead of decoding everything in between.
+    ahead, video_decoder.VideoReader (and decord) seek to the keyframe before it instead of decoding all in between.
     Measured on prepared 10-second clips: 8 sparse frames load 1.3-1.8x faster than at GOP 250 (decord: 1.4-1.9x);
     32 frames, 9 apart, about as fast (0.9-1.2x: every GOP holds a sampled frame, so every GOP is decoded anyway).
     The files are about twice the size they would be at GOP 250, still 3-8x smaller than the sources.
@@ -30,7 +30,7 @@ Safe to stop and run again
     destination only when complete (os.replace: atomic), so a destination file is never half written; temporary
     files of a killed run are removed by the next one.
     A source that cannot be read (missing, empty, no video stream, undecodable, or truncated: fewer than half of its
-    announced frames decodable, data.py's rule) is reported, nothing is written for it, and the others are done;
+    announced frames decodable, video_decoder's rule) is reported, nothing is written for it, and the others are done;
     the report lists each as "relative/path<TAB>reason". Exit status: 0 when every video is done, 1 when some could
     not be prepared, 2 for bad arguments.
 """
@@ -44,6 +44,7 @@ from fractions import Fraction
 import av
 
 import data
+import video_decoder
 
 SHORT_SIDE = 256
 GOP = 16
@@ -81,7 +82,7 @@ def _remove_stale_tmp(dst):
 
 
 def _frames(container, stream):
-    """Decoded frames of `stream`, tolerating a few corrupt packets and a truncated end as data.VideoReader does."""
+    """Decoded frames of `stream`, tolerating a few corrupt packets and a truncated end as video_decoder does."""
     errors = 0
     packets = container.demux(stream)
     while True:
@@ -95,12 +96,12 @@ def _frames(container, stream):
             yield from packet.decode()
         except av.error.InvalidDataError:
             errors += 1
-            if errors > data.MAX_PACKET_ERRORS:
-                raise data.DecodeError("too many corrupt packets") from None
+            if errors > video_decoder.MAX_PACKET_ERRORS:
+                raise video_decoder.DecodeError("too many corrupt packets") from None
 
 
 def _expected_frames(container, stream, rate):
-    """The number of frames the container announces (as data.VideoReader estimates it), 0 if it says nothing."""
+    """The number of frames the container announces (as video_decoder estimates it), 0 if it says nothing."""
     if stream.frames:
         return stream.frames
     if stream.duration and stream.time_base:
@@ -111,9 +112,9 @@ def _expected_frames(container, stream, rate):
 def transcode(src, dst, short_side=SHORT_SIDE, gop=GOP):
     """Write the video at src to dst (a complete file or nothing): short side at most short_side, a keyframe every
     gop frames, same frames and timestamps, codec chosen by dst's extension (module docstring). Returns the number of
-    frames written; raises data.DecodeError, OSError or av.FFmpegError when the source cannot be read."""
+    frames written; raises video_decoder.DecodeError, OSError or av.FFmpegError when the source cannot be read."""
     if os.path.isfile(src) and os.path.getsize(src) == 0:
-        raise data.DecodeError("empty file")
+        raise video_decoder.DecodeError("empty file")
     ext = os.path.splitext(dst)[1].lower()
     os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
     _remove_stale_tmp(dst)
@@ -122,12 +123,12 @@ def transcode(src, dst, short_side=SHORT_SIDE, gop=GOP):
     try:
         with av.open(src) as source:
             if not source.streams.video:
-                raise data.DecodeError("no video stream")
+                raise video_decoder.DecodeError("no video stream")
             stream = source.streams.video[0]
             stream.codec_context.thread_count = 1  # parallel by processes instead
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate or 25
             with av.open(tmp, "w") as out:
-                out.metadata["comment"] = f"prepare_videos.py: short side {short_side}, gop={gop}"  # data.VideoReader
+                out.metadata["comment"] = f"prepare_videos.py: short side {short_side}, gop={gop}"  # video_decoder
                 codec, options = CODECS.get(ext, (out.default_video_codec, {}))
                 keep_time = codec in KEEPS_TIMESTAMPS and stream.time_base is not None
                 time_base = stream.time_base if keep_time else 1 / Fraction(rate)
@@ -152,8 +153,8 @@ def transcode(src, dst, short_side=SHORT_SIDE, gop=GOP):
                     out.mux(video.encode(small))
                     frames_written += 1
                 expected = _expected_frames(source, stream, rate)
-                if frames_written == 0 or frames_written < data.MIN_COVERAGE * expected:
-                    raise data.DecodeError(f"truncated: {frames_written} of {expected} frames decodable")
+                if frames_written == 0 or frames_written < video_decoder.MIN_COVERAGE * expected:
+                    raise video_decoder.DecodeError(f"truncated: {frames_written} of {expected} frames decodable")
                 out.mux(video.encode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # on disk before it takes the final name
@@ -171,7 +172,7 @@ def _prepare_one(job):
         return rel, "skipped", ""
     try:
         return rel, "done", transcode(src, dst, short_side, gop)
-    except (data.DecodeError, OSError, av.error.FFmpegError, EOFError, ValueError) as e:
+    except (video_decoder.DecodeError, OSError, av.error.FFmpegError, EOFError, ValueError) as e:
         return rel, "failed", f"{type(e).__name__}: {e}"
 
 

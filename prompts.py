@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 import clip_model
+import clip_weights
 from tokenizer import default_tokenizer, tokenize
 
 FEW_SHOT = dict(n_ctx_text=10, depth_text=12, n_ctx_vision=10, depth_vision=12)
@@ -123,10 +124,10 @@ def base_reference(base_model: str) -> dict:
     """What a prompt checkpoint records about the model the prompts were trained on: the name or path as given, and
     its SHA-256 when it can be known without downloading (OpenAI's names carry it; files are hashed)."""
     sha256 = None
-    if base_model in clip_model._MODELS:
-        sha256 = clip_model._MODELS[base_model].split("/")[-2]  # OpenAI's addresses are .../<sha256>/<file>
+    if base_model in clip_weights._MODELS:
+        sha256 = clip_weights._MODELS[base_model].split("/")[-2]  # OpenAI's addresses are .../<sha256>/<file>
     elif os.path.isfile(base_model):
-        sha256 = clip_model.sha256_of(base_model)
+        sha256 = clip_weights.sha256_of(base_model)
     return dict(ref=base_model, sha256=sha256)
 
 

@@ -1,22 +1,22 @@
-"""Train and evaluate ViFi-CLIP in every setting of the paper, on one process or many (torchrun).
+"""Train and evaluate ViFi-CLIP in the paper's four settings, on one process or many (torchrun).
 
     python train.py --setting fewshot --k 16                         # the embedded world, one process, CPU is fine
     torchrun --nproc_per_node=8 train.py --setting fewshot --k 16 \\
         --dataset hmdb51 --data-root /data/hmdb51                    # the paper's Table 3 protocol on 8 GPUs
 
-Settings (paper Sec. 3 and Appendix D):
-  zeroshot    train on the source dataset (Kinetics-400), evaluate on the target datasets' splits, whose classes are
-              unseen; report the mean and spread over the three splits (Table 1)
-  base2novel  train on the 16-shot base classes (most frequent half), evaluate base and novel classes, and their
-              harmonic mean (Table 2)
+Settings (paper Sec. 3, Appendix D; protocols.py says which lists each one reads):
+  zeroshot    train on the source dataset (Kinetics-400), evaluate on target datasets whose classes are unseen; the
+              mean and spread over three splits per target (Table 1)
+  base2novel  train on K shots of the base classes (the most frequent half), evaluate base and novel classes and
+              their harmonic mean (Table 2)
   fewshot     train on K videos per class, evaluate on the first validation split (Table 3)
-  fully       train on all training videos, evaluate with 4 temporal x 3 spatial views at the end (Table 4)
+  fully       train on every training video, evaluate with 4 temporal x 3 spatial views at the end (Table 4)
 
-What is trained (--train, vifi.py): both towers (ViFi-CLIP), image (CLIP image-FT), text (CLIP text-FT),
-prompts (bridge and prompt, Sec. 5, usually with --init-from a bridged model), none (vanilla CLIP, evaluation only).
+What is trained (--train, vifi.py): both towers (ViFi-CLIP), image (CLIP image-FT), text (CLIP text-FT), prompts
+(bridge and prompt, Sec. 5, usually with --init-from a bridged model), none (vanilla CLIP, evaluation only).
 
-Everything the run used goes to --out: config.json, log.jsonl (one line per epoch), metrics.json (every figure, the
-configuration and the code version), last.pt and best.pt (written atomically; --resume continues exactly).
+--out receives config.json, log.jsonl (a line per epoch), metrics.json, last.pt and best.pt; --resume continues a
+run exactly (run_files.py).
 """
 import argparse
 import contextlib
@@ -24,8 +24,8 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import random
-import subprocess
 import sys
 import time
 import typing
@@ -37,152 +37,177 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Sampler
 
-import clip_model
+import clip_weights
 import data
+import evaluation
+import miniworld
+import protocols
+import run_files
 import vifi
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SPLITS = os.path.join(HERE, "splits")
-
 # ----------------------------------------------------------------------------------------------------------------------
-# Configuration: one dataclass, every field a command-line flag; None means "the setting's default" (resolve_defaults)
+# Configuration: every flag with its help; None means "the setting's default" (the tables below)
+
+
+def flag(default, help: str):
+    return field(default=default, metadata=dict(help=help))
 
 
 @dataclass
 class Config:
-    # what to run
-    setting: str = "fewshot"            # zeroshot | base2novel | fewshot | fully
-    k: int = 16                         # shots per class: fewshot, and base2novel's base classes (16 in the paper)
-    split: int = 1                      # base2novel: seed of the 16-shot base split; fewshot/fully: validation split
-    dataset: str = "miniworld"          # miniworld | hmdb51 | ucf101 | ssv2 | k400 | k600 | custom
-    data_root: str = ""                 # the folder holding the dataset's videos (real datasets and custom)
-    train_list: str = ""                # custom dataset: list file of "relative/path label" lines
-    val_list: str = ""                  # custom dataset
-    labels: str = ""                    # custom dataset: labels CSV "id,name"
-    targets: str = ""                   # zeroshot: comma-separated target datasets (default: the source's usual ones)
-    target_roots: str = ""              # zeroshot on real data: comma-separated video folders, one per target
-    # the model
-    clip: Optional[str] = None          # name or path (clip_model.load); default ViT-B/16, or the tiny world model
-    train: str = "both"                 # both | image | text | prompts | none
-    fusion: str = "embedding"           # embedding | decision | image (Table 5)
-    template: Optional[str] = None      # default "a photo of a {}."; the bare "{}" for vanilla CLIP (--train none
-                                        # without --init-from); "{}." behind learned text prompts (vifi.py)
-    n_ctx_text: Optional[int] = None    # prompt learning (--train prompts): tokens and depth per tower
-    n_ctx_vision: Optional[int] = None
-    depth_text: Optional[int] = None
-    depth_vision: Optional[int] = None
-    init_from: str = ""                 # weights to start from (bridge and prompt: the bridged model)
-    # optimisation (defaults from the paper's Appendix B and the authors' configs, per setting)
-    frames: Optional[int] = None
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None    # effective batch: micro_batch x processes x accumulation steps
-    micro_batch: Optional[int] = None   # videos per process per forward pass
-    lr: Optional[float] = None
-    weight_decay: float = 0.001
-    warmup_epochs: Optional[float] = None
-    mixup: Optional[float] = None       # mixup alpha (0 disables); the authors' default 0.8
-    cutmix: Optional[float] = None      # cutmix alpha (0 disables); the authors' default 1.0
-    mixup_switch_prob: float = 0.5
-    label_smoothing: Optional[float] = None
-    # evaluation
-    num_clips: Optional[int] = None     # final evaluation views: temporal clips x spatial crops
-    num_crops: Optional[int] = None
-    eval_every: Optional[int] = None    # epochs between evaluations on the validation set (default 1; 5 in the world)
-    eval_only: bool = False
-    # engineering
-    precision: str = "fp32"             # fp32 | bf16 | fp16 (autocast; weights stay fp32)
-    grad_checkpointing: bool = False
-    compile: bool = False
-    workers: Optional[int] = None       # DataLoader workers per process (default: 1 on CPU, up to 10 on a GPU)
-    input_size: Optional[int] = None    # frame size fed to the image tower (default: the model's resolution)
-    augment: Optional[str] = None       # paper (crop, flip, colour) | crop (no flip or colour) | none (centre crop):
-                                        # the embedded world's classes depend on direction, colour and edges
-    normalization: Optional[str] = None  # clip | imagenet; default clip, or imagenet when --init-from is one of the
-                                         # authors' released checkpoints (they were trained on ImageNet statistics)
-    seed: int = 1024
-    out: str = "out"
-    resume: bool = False                # continue the run in --out from its last.pt
-    save_every: int = 0                 # also save last.pt every N optimizer steps (0: at epoch ends only)
-    max_steps: int = 0                  # stop after this many optimizer steps (tests, quick looks); 0: no limit
-    reduced_world: bool = False         # the embedded world's reduced version (2 training videos a class: tests)
-    device: str = ""                    # default: cuda if available, else cpu
+    setting: str = flag("fewshot", "zeroshot | base2novel | fewshot | fully")
+    k: int = flag(16, "shots per class for fewshot and for base2novel's base classes (the paper: 2, 4, 8, 16)")
+    split: int = flag(1, "base2novel: seed of the K-shot base split; fewshot/fully: which validation split")
+    dataset: str = flag("miniworld", "miniworld (the embedded world) | hmdb51 | ucf101 | ssv2 | k400 | k600 | custom")
+    data_root: str = flag("", "folder holding the dataset's videos, in the layout it was downloaded in")
+    train_list: str = flag("", "custom dataset: list file of 'relative/path label' lines")
+    val_list: str = flag("", "custom dataset: validation list file")
+    labels: str = flag("", "custom dataset: labels CSV 'id,name'")
+    targets: str = flag("", "zeroshot: comma-separated target datasets (default: the source's usual ones)")
+    target_roots: str = flag("", "zeroshot on real data: comma-separated video folders, one per target")
+    clip: Optional[str] = flag(None, "CLIP weights: a name or a file (clip_weights.load)")
+    train: str = flag("both", "what is trained: both (ViFi-CLIP) | image | text | prompts | none")
+    fusion: str = flag("embedding", "embedding (ViFi-CLIP) | decision | image (Table 5)")
+    template: Optional[str] = flag(None, "class prompt, {} is the class name (the bare '{}' for vanilla CLIP; "
+                                         "'{}.' behind learned text prompts)")
+    n_ctx_text: Optional[int] = flag(None, "prompt learning: learnable text tokens")
+    n_ctx_vision: Optional[int] = flag(None, "prompt learning: learnable vision tokens")
+    depth_text: Optional[int] = flag(None, "prompt learning: text layers with prompts")
+    depth_vision: Optional[int] = flag(None, "prompt learning: vision layers with prompts")
+    init_from: str = flag("", "weights to start from: our best.pt / last.pt, the authors' .pth, a prompt checkpoint")
+    frames: Optional[int] = flag(None, "frames sampled per video (T)")
+    epochs: Optional[int] = flag(None, "training epochs")
+    batch_size: Optional[int] = flag(None, "effective batch, the same on any number of processes")
+    micro_batch: Optional[int] = flag(None, "videos per process per forward pass (default: the largest divisor of "
+                                            "each process's share of the batch up to --max-micro-batch)")
+    max_micro_batch: Optional[int] = flag(None, "the largest micro-batch the device's memory allows")
+    lr: Optional[float] = flag(None, "peak learning rate (AdamW, cosine schedule)")
+    weight_decay: float = flag(0.001, "AdamW weight decay")
+    warmup_epochs: Optional[float] = flag(None, "linear warm-up epochs")
+    mixup: Optional[float] = flag(None, "mixup alpha (0: off)")
+    cutmix: Optional[float] = flag(None, "cutmix alpha (0: off)")
+    mixup_switch_prob: float = flag(0.5, "probability of cutmix rather than mixup when both are on")
+    label_smoothing: Optional[float] = flag(None, "label smoothing")
+    num_clips: Optional[int] = flag(None, "final evaluation: temporal clips per video")
+    num_crops: Optional[int] = flag(None, "final evaluation: spatial crops per clip (1 or 3)")
+    eval_every: Optional[int] = flag(None, "epochs between evaluations")
+    eval_only: bool = flag(False, "evaluate --init-from (or the base model) without training")
+    precision: str = flag("fp32", "fp32 | bf16 | fp16 (autocast; weights stay fp32; fp16 needs CUDA)")
+    grad_checkpointing: bool = flag(False, "activation checkpointing in both towers (less memory, ~20%% slower)")
+    compile: bool = flag(False, "torch.compile the model")
+    workers: Optional[int] = flag(None, "DataLoader workers per process (default: 1 on CPU, up to 10 on a GPU)")
+    input_size: Optional[int] = flag(None, "frame size fed to the image tower (default: the model's resolution)")
+    augment: Optional[str] = flag(None, "paper (crop, flip, colour) | crop | none (centre crop)")
+    normalization: Optional[str] = flag(None, "clip | imagenet pixel statistics (default: clip; what --init-from "
+                                              "was trained with, e.g. imagenet for the authors' released weights)")
+    seed: int = flag(1024, "random seed (weights, sampling, augmentation)")
+    out: str = flag("out", "output folder")
+    resume: str = flag("", "continue the run of --out (or of the last.pt given) exactly where it stopped")
+    save_every: int = flag(0, "also save last.pt every N optimizer steps")
+    max_steps: int = flag(0, "stop after N optimizer steps (quick looks)")
+    reduced_world: bool = flag(False, "the embedded world with 2 training videos a class (tests)")
+    device: str = flag("", "cuda, cuda:1, cpu (default: cuda if available)")
 
 
-# The paper's defaults (Appendix B, Sec. 4) and the authors' configs, per setting, for real datasets.
+# The paper's defaults (Appendix B, Sec. 4) and the authors' configs, per setting. A dataset's own `defaults`
+# (protocols.py, miniworld.World) change some of them; explicit flags always win.
 PAPER_DEFAULTS = {
+    "common": dict(clip="ViT-B/16", warmup_epochs=5, augment="paper", mixup=0.8, cutmix=1.0, label_smoothing=0.1,
+                   num_clips=1, num_crops=1, eval_every=1, max_micro_batch=4),
     "zeroshot": dict(frames=32, epochs=10, batch_size=256, lr=8e-6),
     "base2novel": dict(frames=32, epochs=11, batch_size=64, lr=2e-6),
     "fewshot": dict(frames=32, epochs=50, batch_size=64, lr=2e-6),
     "fully": dict(frames=16, epochs=30, batch_size=512, lr=22e-6, num_clips=4, num_crops=3),
 }
-COMMON_DEFAULTS = dict(micro_batch=4, warmup_epochs=5, augment="paper", mixup=0.8, cutmix=1.0, label_smoothing=0.1,
-                       num_clips=1, num_crops=1, eval_every=1)
-PROMPT_DEFAULTS = {  # the authors' prompting configs: lr 8e-3, 10 tokens x depth 12 (few-shot), 16 x 9 (base2novel)
+PROMPT_DEFAULTS = {  # --train prompts, the authors' configs: 10 tokens x depth 12 (few-shot), 16 x 9 (base-to-novel)
     "fewshot": dict(lr=8e-3, n_ctx_text=10, n_ctx_vision=10, depth_text=12, depth_vision=12),
     "base2novel": dict(lr=8e-3, n_ctx_text=16, n_ctx_vision=16, depth_text=9, depth_vision=9),
     "zeroshot": dict(lr=8e-3, n_ctx_text=16, n_ctx_vision=16, depth_text=9, depth_vision=9),
     "fully": dict(lr=8e-3, n_ctx_text=16, n_ctx_vision=16, depth_text=9, depth_vision=9),
 }
-# The embedded world: 8 frames of a tiny CLIP on a CPU. Learning rate and batch measured on toy-hmdb, 16 shots
-# (README): lr 3e-4 learns best (1e-3 falls back, as shared/notes found), batch 8 gives the small datasets enough
-# steps; 10 epochs reach within 1.5 points of 20.
-MINIWORLD_DEFAULTS = {
-    "zeroshot": dict(frames=8, epochs=3, batch_size=8, lr=3e-4),
-    "base2novel": dict(frames=8, epochs=10, batch_size=8, lr=3e-4),
-    "fewshot": dict(frames=8, epochs=10, batch_size=8, lr=3e-4),
-    "fully": dict(frames=8, epochs=3, batch_size=8, lr=3e-4, num_clips=2, num_crops=3),
-}
-MINIWORLD_PROMPTS = dict(n_ctx_text=8, n_ctx_vision=8, depth_text=4, depth_vision=4)  # the tiny CLIP has 4 layers
-MINIWORLD_COMMON = dict(micro_batch=8, warmup_epochs=1, mixup=0.0, cutmix=0.0, label_smoothing=0.0, augment="crop",
-                        eval_every=5)
+# A new dataset is one entry here: an object with splits(cfg) and defaults (protocols.py).
+DATASETS = dict(protocols.PAPER_DATASETS, miniworld=miniworld.WORLD)
+# Flags that cannot change what a resumed run computes, so they may differ from the interrupted run's.
+RESUME_MAY_CHANGE = {"workers", "device", "out", "resume", "save_every", "max_steps", "grad_checkpointing", "compile"}
+
+
+def default_layers(cfg: Config) -> list:
+    """The tables that fill cfg's unset fields, later ones winning."""
+    own = DATASETS[cfg.dataset].defaults or {}
+    layers = [PAPER_DEFAULTS["common"], PAPER_DEFAULTS[cfg.setting], own.get("common", {}), own.get(cfg.setting, {})]
+    if cfg.train == "prompts":
+        layers += [PROMPT_DEFAULTS[cfg.setting], own.get("prompts", {})]
+    else:
+        layers.append(dict(n_ctx_text=0, n_ctx_vision=0, depth_text=0, depth_vision=0))
+    if cfg.train == "none" and not cfg.init_from:
+        template = vifi.ZERO_SHOT_TEMPLATE  # the authors' vanilla CLIP zero-shot: the bare class name
+    elif cfg.train == "prompts":
+        template = ""  # vifi.py's choice: the learned text tokens stand where "a photo of a" stood
+    else:
+        template = vifi.FINETUNE_TEMPLATE
+    layers.append(dict(template=template))
+    return layers
 
 
 def resolve_defaults(cfg: Config) -> Config:
-    """Fill every field left at None from the setting's defaults; explicit flags always win."""
-    world = cfg.dataset == "miniworld"
-    layers = [COMMON_DEFAULTS, PAPER_DEFAULTS[cfg.setting]]
-    if world:
-        layers += [MINIWORLD_COMMON, MINIWORLD_DEFAULTS[cfg.setting]]
-    if cfg.train == "prompts":
-        layers.append(PROMPT_DEFAULTS[cfg.setting])
-        if world:
-            layers.append(MINIWORLD_PROMPTS)
     defaults = {}
-    for layer in layers:
+    for layer in default_layers(cfg):
         defaults.update(layer)
-    if cfg.train != "prompts":
-        defaults.update(n_ctx_text=0, n_ctx_vision=0, depth_text=0, depth_vision=0)
-    defaults["clip"] = clip_model.TINY_MODEL_NAME if world else "ViT-B/16"
-    if cfg.train == "none" and not cfg.init_from:
-        defaults["template"] = vifi.ZERO_SHOT_TEMPLATE  # the authors' vanilla CLIP zero-shot: the bare class name
-    elif cfg.train == "prompts":
-        defaults["template"] = ""  # vifi.py's choice: the learned tokens stand where "a photo of a" stood
-    else:
-        defaults["template"] = vifi.FINETUNE_TEMPLATE
     for name, value in defaults.items():
-        if getattr(cfg, name, None) is None:
+        if getattr(cfg, name) is None:
             setattr(cfg, name, value)
     return cfg
 
 
-def parse_args(argv=None) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    choices = dict(setting=["zeroshot", "base2novel", "fewshot", "fully"], train=list(vifi.TRAIN_MODES),
-                   augment=list(data.AUGMENTATIONS), fusion=list(vifi.FUSIONS), precision=["fp32", "bf16", "fp16"],
-                   normalization=["clip", "imagenet"],
-                   dataset=["miniworld", "hmdb51", "ucf101", "ssv2", "k400", "k600", "custom"], k=[2, 4, 8, 16],
-                   split=[1, 2, 3])
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            parser.add_argument(flag, action="store_true")
-        else:  # Optional[int] -> int
-            kind = typing.get_args(f.type)[0] if typing.get_args(f.type) else f.type
-            parser.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name))
-    return resolve_defaults(Config(**vars(parser.parse_args(argv))))
+def positive_int(text: str) -> int:
+    if int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return int(text)
 
+
+def make_parser() -> argparse.ArgumentParser:
+    """Every Config field is a flag. Defaults are SUPPRESSed so that we know which flags were given (--resume compares
+    exactly those); --help lists each table default per setting."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
+    choices = dict(setting=list(PAPER_DEFAULTS)[1:], dataset=list(DATASETS), train=list(vifi.TRAIN_MODES),
+                   fusion=list(vifi.FUSIONS), precision=["fp32", "bf16", "fp16"], augment=list(data.AUGMENTATIONS),
+                   normalization=list(data.NORMS), split=[1, 2, 3])
+    tables = {"": PAPER_DEFAULTS, "world ": miniworld.WORLD.defaults, "prompts ": PROMPT_DEFAULTS}
+    for f in dataclasses.fields(Config):
+        shown = [f"{where}{setting} {table[setting][f.name]}" for where, table in tables.items()
+                 for setting in table if f.name in table[setting]]
+        default = "; ".join(shown) or (f.default if f.default not in (None, "", False) else "")
+        text = f.metadata["help"] + (f" (default: {default})" if default != "" else "")
+        if f.type is bool:
+            parser.add_argument("--" + f.name.replace("_", "-"), action="store_true", help=text)
+        elif f.name == "resume":
+            parser.add_argument("--resume", nargs="?", const="last.pt", metavar="LAST_PT", help=text)
+        else:
+            kind = positive_int if f.name == "k" else (typing.get_args(f.type) or [f.type])[0]
+            parser.add_argument("--" + f.name.replace("_", "-"), type=kind, choices=choices.get(f.name), help=text)
+    return parser
+
+
+def parse_command_line(argv=None) -> tuple:
+    """(Config with the defaults filled in, the names of the flags given on the command line)."""
+    given = vars(make_parser().parse_args(argv))
+    return resolve_defaults(Config(**given)), set(given)
+
+
+def parse_args(argv=None) -> Config:
+    return parse_command_line(argv)[0]
+
+
+class UserError(ValueError):
+    """A mistake in the command line or the input files: reported in one line, without a traceback."""
+
+
+# What reading the user's input raises (our checks, and files or weights that fail to load). During setup these are the
+# user's to fix, so the command line prints them as one line.
+INPUT_ERRORS = (ValueError, OSError, RuntimeError, pickle.UnpicklingError)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Processes: one per device under torchrun, or a single plain process
@@ -192,29 +217,17 @@ def parse_args(argv=None) -> Config:
 class Runtime:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+    is_main: bool = True
+    distributed: bool = False
 
 
 def setup_runtime(cfg: Config) -> Runtime:
     """Read torchrun's environment; nccl on GPUs, gloo on CPUs. A plain `python train.py` is one process."""
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if cfg.device:
-        device = torch.device(cfg.device)
-    else:
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device("cuda", local_rank) if device == torch.device("cuda") else device
     cores = max(1, len(os.sched_getaffinity(0)) // world_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -227,7 +240,7 @@ def setup_runtime(cfg: Config) -> Runtime:
             torch.set_num_threads(max(1, cores - cfg.workers))
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(rank, world_size, local_rank, device)
+    return Runtime(rank, world_size, device, rank == 0, world_size > 1)
 
 
 def log(rt: Runtime, *args):
@@ -235,203 +248,112 @@ def log(rt: Runtime, *args):
         print(*args, flush=True)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Data: which list files and class names each setting uses (paper Appendix D)
+def progress(iterable, rt: Runtime, desc: str):
+    """A progress bar with ETA on the first process only."""
+    if not rt.is_main:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stdout)
 
 
-@dataclass
-class Split:
-    """One list of videos with its class names: what a DataLoader is built from."""
-    name: str
-    root: str
-    samples: list            # [(relative path, label)]
-    class_names: list
-
-
-# The authors' split files (shipped in splits/): dataset -> (labels CSV, {purpose: list file}).
-REAL_DATASETS = {
-    "hmdb51": dict(labels="hmdb_51_labels.csv", folder="hmdb_splits", base="hmdb_51_base_labels.csv",
-                   novel="hmdb_51_novel_labels.csv", b2n="hmdb_splits", val="val{split}.txt",
-                   fewshot="train1_few_shot_{k}.txt"),
-    "ucf101": dict(labels="ucf_101_labels.csv", folder="ucf_splits", base="ucf_101_base_labels.csv",
-                   novel="ucf_101_novel_labels.csv", b2n="ucf_splits", val="val{split}.txt",
-                   fewshot="train1_few_shot_{k}.txt"),
-    "ssv2": dict(labels="ssv2_labels.csv", folder="ssv2_splits", base="ssv2_174_base_labels.csv",
-                 novel="ssv2_174_novel_labels.csv", b2n="ssv2_splits", val="validation.txt",
-                 fewshot="train1_few_shot_{k}.txt"),
-    "k400": dict(labels="kinetics_400_labels.csv", folder="k400_splits", base="kinetics_400_base_labels.csv",
-                 novel="kinetics_400_novel_labels.csv", b2n="k400_splits", val="val.txt", train="train.txt"),
-}
-ZEROSHOT_TARGETS = {"k400": "hmdb51,ucf101,k600", "miniworld": None}  # miniworld: filled from miniworld.py
-
-
-def _split_file(*parts) -> str:
-    path = os.path.join(SPLITS, "datasets_splits", *parts)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: split list not found" + (
-            " (the full Kinetics-400 training lists are not shipped: build them from the Kinetics-400 annotations, "
-            "see splits/README.md)" if "k400" in path else ""))
-    return path
-
-
-def _labels_file(name: str) -> str:
-    return os.path.join(SPLITS, "labels", name)
-
-
-def load_split(name: str, root: str, list_path: str, labels_path: str) -> Split:
-    class_names = data.read_labels(labels_path)
-    return Split(name, root, data.read_list(list_path, len(class_names)), class_names)
-
-
-def check_root(root: str, what: str):
-    if not root:
-        raise ValueError(f"--data-root is required for {what} (the folder holding its videos)")
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"--data-root {root}: no such folder ({what})")
-
-
-def real_splits(cfg: Config):
-    """(train Split, [evaluation Splits]) for the authors' datasets, from their list files."""
-    if cfg.dataset == "custom":
-        check_root(cfg.data_root, "a custom dataset")
-        for flag in ("train_list", "val_list", "labels"):
-            if not getattr(cfg, flag):
-                raise ValueError(f"--dataset custom needs --{flag.replace('_', '-')}")
-        train = load_split("train", cfg.data_root, cfg.train_list, cfg.labels)
-        val = load_split("val", cfg.data_root, cfg.val_list, cfg.labels)
-        if cfg.setting == "fewshot":
-            train.samples = data.kshot_split(train.samples, cfg.k, seed=cfg.split)
-        if cfg.setting == "base2novel":
-            return base_novel(train, val, cfg)
-        return train, [val]
-    if cfg.dataset == "k600":
-        raise ValueError("Kinetics-600 is a zero-shot target only: use --setting zeroshot --dataset k400 "
-                         "--targets k600 (or hmdb51,ucf101,k600)")
-    check_root(cfg.data_root, cfg.dataset)
-    d = REAL_DATASETS[cfg.dataset]
-    labels = _labels_file(d["labels"])
-    if cfg.setting == "base2novel":
-        folder = os.path.join("base2novel_splits", d["b2n"])
-        train = load_split("base train", cfg.data_root, _split_file(folder, f"fs_base_s{cfg.split}_train.txt"),
-                           _labels_file(d["base"]))
-        base = load_split("base", cfg.data_root, _split_file(folder, "base_val.txt"), _labels_file(d["base"]))
-        novel = load_split("novel", cfg.data_root, _split_file(folder, "novel_val.txt"), _labels_file(d["novel"]))
-        return train, [base, novel]
-    val_file = d["val"].format(split=cfg.split)
-    val = load_split("val", cfg.data_root, _split_file(d["folder"], val_file), labels)
-    if cfg.setting == "fewshot":
-        if "fewshot" not in d:
-            raise ValueError(f"the paper's few-shot protocol has no {cfg.dataset} split (hmdb51, ucf101, ssv2)")
-        train_file = _split_file(d["folder"], d["fewshot"].format(k=cfg.k))
-    else:
-        if "train" not in d:
-            raise ValueError(f"--setting {cfg.setting} trains on Kinetics-400 in the paper; "
-                             f"{cfg.dataset} has no full training list here")
-        train_file = _split_file(d["folder"], d["train"])
-    train = load_split("train", cfg.data_root, train_file, labels)
-    if cfg.setting == "zeroshot":
-        return train, zeroshot_targets_real(cfg)
-    return train, [val]
-
-
-def zeroshot_targets_real(cfg: Config) -> list:
-    """Each target's three splits (HMDB-51/UCF-101: val1-3; Kinetics-600: the 3 x 160 classes not in K-400)."""
-    names = (cfg.targets or ZEROSHOT_TARGETS["k400"]).split(",")
-    roots = cfg.target_roots.split(",") if cfg.target_roots else []
-    if len(roots) != len(names):
-        raise ValueError(f"--target-roots needs one video folder per target ({','.join(names)}), got {len(roots)}")
-    splits = []
-    for name, root in zip(names, roots):
-        check_root(root, f"zero-shot target {name}")
-        for s in (1, 2, 3):
-            if name == "k600":
-                splits.append(load_split(f"k600/{s}", root, _split_file("k600_splits", f"ZS_split{s}_K600_eval.txt"),
-                                         _labels_file(f"ZS_split{s}_K600.csv")))
-            elif name in ("hmdb51", "ucf101"):
-                d = REAL_DATASETS[name]
-                splits.append(load_split(f"{name}/{s}", root, _split_file(d["folder"], f"val{s}.txt"),
-                                         _labels_file(d["labels"])))
-            else:
-                raise ValueError(f"--targets: unknown zero-shot target {name!r} (hmdb51, ucf101, k600)")
-    return splits
-
-
-def base_novel(train: Split, val: Split, cfg: Config):
-    """The paper's base/novel split of a dataset with no official one: most frequent half of the classes = base,
-    K shots (16 in the paper) of each base class (seeded by --split) for training, validation split by class."""
-    base_train, _, base_names, novel_names = data.base_novel_split(train.samples, train.class_names)
-    base_val, novel_val, _, _ = data.base_novel_split(val.samples, val.class_names, base_names=base_names,
-                                                      novel_names=novel_names)
-    base_train = data.kshot_split(base_train, cfg.k, seed=cfg.split)
-    return (Split("base train", train.root, base_train, base_names),
-            [Split("base", val.root, base_val, base_names), Split("novel", val.root, novel_val, novel_names)])
-
-
-def world_splits(cfg: Config):
-    """The same protocols on the embedded synthetic world (miniworld.py): toy-k400 plays Kinetics-400 (zero-shot
-    source, fully supervised), toy-hmdb and toy-ucf play HMDB-51 and UCF-101 (zero-shot targets; few-shot and
-    base-to-novel on toy-hmdb, or on the first toy dataset named by --targets)."""
-    import miniworld  # generates the world on first use (cached; safe with several processes)
-
-    def load(name, which):
-        p = miniworld.dataset_paths(name, cfg.data_root or None, reduced=cfg.reduced_world)
-        return load_split(f"{name} {which}" if cfg.setting != "zeroshot" else name, p["root"], p[which], p["labels"])
-
-    named = [t for t in cfg.targets.split(",") if t]
-    unknown = [t for t in named if t not in miniworld.DATASETS]
-    if unknown:
-        raise ValueError(f"--targets: {unknown} are not datasets of the embedded world ({list(miniworld.DATASETS)})")
-    if cfg.setting == "zeroshot":
-        return load("toy-k400", "train"), [load(t, "val") for t in named or miniworld.ZEROSHOT_TARGETS]
-    if cfg.setting == "fully":
-        return load("toy-k400", "train"), [load("toy-k400", "val")]
-    target = named[0] if named else miniworld.DEFAULT_TARGET
-    train, val = load(target, "train"), load(target, "val")
-    if cfg.setting == "fewshot":
-        train.samples = data.kshot_split(train.samples, cfg.k, seed=cfg.split)
-        return train, [val]
-    return base_novel(train, val, cfg)
-
-
-def build_splits(cfg: Config):
-    return world_splits(cfg) if cfg.dataset == "miniworld" else real_splits(cfg)
-
-
-def video_dataset(split: Split, cfg: Config, train: bool, num_clips=1, num_crops=1):
-    return data.VideoDataset(split.root, split.samples, num_frames=cfg.frames, train=train,
-                             input_size=cfg.input_size, num_clips=num_clips, num_crops=num_crops,
-                             norm=cfg.normalization, seed=cfg.seed, augment=cfg.augment)
+def reduce_sum(values: list, rt: Runtime) -> list:
+    """Element-wise sum of a few numbers over the processes."""
+    if not rt.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Sampling: every process sees its share of each global batch, in an order that depends only on (seed, epoch)
+# Batches: the same global batches, split the same way into micro-batches, whatever the number of processes
 
 
-class ResumableDistributedSampler(Sampler):
-    """DistributedSampler's shuffled share of the data for this process, truncated to whole global batches, and able
-    to start mid-epoch (resume). Global batch b is positions [b*B, (b+1)*B) of the epoch's permutation; this process
-    takes every world_size-th of them, so the samples of one optimizer step are the same whatever the number of
-    processes."""
+def plan_batches(cfg: Config, rt: Runtime, num_videos: int) -> tuple:
+    """(global batch, micro-batch, accumulation steps, optimizer steps per epoch). Each process takes batch/W videos
+    per step, in micro-batches with gradient accumulation. Without --micro-batch, the micro-batch is the largest
+    divisor of batch/W up to --max-micro-batch: for every paper setting on 1 to 16 processes that is the same 4."""
+    W, batch = rt.world_size, cfg.batch_size
+    if num_videos < batch:  # a small K-shot set: one step per epoch with (nearly) every video rather than no step
+        batch = num_videos - num_videos % W
+        log(rt, f"note: {num_videos} training videos < batch {cfg.batch_size}; using batch {batch}")
+    if batch < W:
+        raise UserError(f"{num_videos} training videos are fewer than one per process ({W} processes)")
+    if batch % W:
+        raise UserError(f"--batch-size {batch} cannot be shared by {W} processes; pick a multiple of {W}")
+    share, micro = batch // W, cfg.micro_batch
+    if micro is None:
+        micro = max(m for m in range(1, min(cfg.max_micro_batch, share) + 1) if share % m == 0)
+    elif share % micro:
+        raise UserError(f"--batch-size {batch} is not a multiple of --micro-batch {micro} x {W} processes; "
+                        f"leave --micro-batch out to have it chosen")
+    return batch, micro, share // micro, num_videos // batch
 
-    def __init__(self, dataset, rt: Runtime, samples_per_process: int, seed: int):
-        self.inner = DistributedSampler(dataset, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=seed,
-                                        drop_last=True)
-        self.samples_per_process = samples_per_process
-        self.start = 0
 
-    def set_epoch(self, epoch: int, start: int = 0):
-        self.inner.set_epoch(epoch)
-        self.start = start
+class GlobalBatchSampler(Sampler):
+    """This process's share of each epoch's global batches. The epoch's order is a permutation drawn from
+    (seed, epoch); optimizer step s takes its positions [s*B, (s+1)*B), cut into B/m global micro-batches of m videos.
+    Process r of W takes the micro-batches r*A .. (r+1)*A - 1 of every step (A accumulation steps), so the
+    micro-batches, and all that is computed per micro-batch (mixup pairs, the loss mean), are the same on 1 process
+    or 8. start_step: resume in the middle of an epoch."""
+
+    def __init__(self, num_videos: int, batch: int, micro_batch: int, rt: Runtime, seed: int):
+        self.num_videos, self.batch, self.micro, self.rank, self.seed = num_videos, batch, micro_batch, rt.rank, seed
+        self.accumulation = batch // (micro_batch * rt.world_size)
+        self.steps = num_videos // batch  # the last incomplete batch is dropped, as the authors do
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0):
+        self.epoch, self.start_step = epoch, start_step
+
+    def global_micro_index(self, step: int, i: int) -> int:
+        """The run-wide index of this process's i-th micro-batch of optimizer step `step` (it seeds mixup)."""
+        return step * (self.batch // self.micro) + self.rank * self.accumulation + i
 
     def __iter__(self):
-        return iter(list(self.inner)[self.start:self.samples_per_process])
+        g = torch.Generator().manual_seed(self.seed + self.epoch)  # DistributedSampler's permutation for 1 process
+        order = torch.randperm(self.num_videos, generator=g).tolist()
+        share = self.micro * self.accumulation
+        for s in range(self.start_step, self.steps):
+            first = s * self.batch + self.rank * share
+            yield from order[first:first + share]
 
     def __len__(self):
-        return self.samples_per_process - self.start
+        return (self.steps - self.start_step) * self.micro * self.accumulation
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Optimisation
+def video_dataset(split: protocols.Split, cfg: Config, train: bool, num_clips=1, num_crops=1) -> data.VideoDataset:
+    return data.VideoDataset(split.root, split.samples, num_frames=cfg.frames, train=train, input_size=cfg.input_size,
+                             num_clips=num_clips, num_crops=num_crops, norm=cfg.normalization, seed=cfg.seed,
+                             augment=cfg.augment)
+
+
+def build_splits(cfg: Config) -> tuple:
+    """(training Split, [evaluation Splits]) of the setting on the dataset, every list checked against its folder."""
+    return DATASETS[cfg.dataset].splits(cfg)
+
+
+def build_model(cfg: Config, class_names: list, rt: Runtime) -> vifi.ViFiCLIP:
+    clip = clip_weights.load(cfg.clip)
+    if cfg.input_size is None:
+        cfg.input_size = clip.visual.input_resolution
+    model = vifi.ViFiCLIP(clip, class_names, fusion=cfg.fusion, train_mode=cfg.train, templates=cfg.template or None,
+                          n_ctx_text=cfg.n_ctx_text, n_ctx_vision=cfg.n_ctx_vision, depth_text=cfg.depth_text,
+                          depth_vision=cfg.depth_vision)
+    if cfg.init_from:
+        if not os.path.isfile(cfg.init_from):
+            raise UserError(f"--init-from {cfg.init_from}: no such file")
+        loaded = vifi.load_weights(model, cfg.init_from)
+        if cfg.normalization is None:  # "imagenet" for the authors' released weights, the run's own for ours
+            cfg.normalization = loaded.normalization
+    cfg.normalization = model.normalization = cfg.normalization or "clip"
+    model.clip.set_grad_checkpointing(cfg.grad_checkpointing)
+    return model.to(rt.device)
+
+
+def unwrap(model):
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
 
 
 def cosine_lr(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -450,405 +372,242 @@ def autocast(cfg: Config, device: torch.device):
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against soft targets [B, C] (mixup/cutmix and label smoothing); hard targets [B] also work.
-    The paper's loss (Sec. 4) is the hard-target case: -log softmax(sim(v, t) / tau)[label]."""
+    The paper's loss (Sec. 4, Eq. 1) is the hard-target case: -log softmax(sim(v, t) / tau)[label]."""
     if targets.dim() == 1:
         return F.cross_entropy(logits, targets)
     return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Checkpoints: atomic writes, exact resume
+# Setup: everything that can fail on the user's input, before compute is spent
 
 
-def atomic_save(obj, path: str):
-    """torch.save to a temporary file in the same folder, flushed to disk, then renamed over the target: a crash at
-    any moment leaves either the old checkpoint or the new one, never half of one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def prepare_resume(cfg: Config, given: set) -> tuple:
+    """(the checkpoint to resume from, the interrupted run's configuration). A flag given now that would change what
+    the run computes must equal the interrupted run's value: we refuse rather than mix two runs in one."""
+    path = os.path.join(cfg.out, "last.pt") if cfg.resume == "last.pt" else cfg.resume
+    if not os.path.isfile(path):
+        raise UserError(f"--resume: {path} does not exist (nothing to resume; start the run without --resume)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    saved = dict(checkpoint["config"])
+    changed = run_files.changed_flags(saved, cfg, given, RESUME_MAY_CHANGE)
+    if changed:
+        raise UserError(f"--resume {path}: these flags would change the run: {'; '.join(changed)}")
+    for name in RESUME_MAY_CHANGE:  # this command's, given or default (workers: chosen anew for this machine)
+        saved[name] = getattr(cfg, name)
+    saved.update(out=cfg.out if "out" in given or cfg.resume == "last.pt" else os.path.dirname(path) or ".",
+                 resume=path)
+    return checkpoint, Config(**saved)
 
 
-def rng_states() -> dict:
-    """Every random generator's state, in types that torch.load(weights_only=True) accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
-    states = dict(python=random.getstate(), numpy=numpy_state, torch=torch.get_rng_state())
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict):
-    random.setstate(states["python"])
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def code_version() -> str:
+def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
+    """(cfg, checkpoint to resume or None, training Split, evaluation Splits, model, batch plan or None). A failure
+    is a UserError whose one line names the flag or the file."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
-                               capture_output=True, text=True, timeout=10)
-        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Evaluation: exact (every video counted once, whatever the number of processes) and multi-view
-
-
-@torch.no_grad()
-def evaluate(model, split: Split, cfg: Config, rt: Runtime, num_clips=1, num_crops=1) -> dict:
-    """Top-1, top-5 and mean per-class accuracy on one split. Videos are dealt out rank, rank+W, ... with no padding;
-    the per-video scores are gathered, so every video counts exactly once. A video that cannot be read counts as
-    wrong and is reported (data.py), never dropped from the denominator. With several views, the softmax scores of
-    the views are summed, as the authors do."""
-    net = unwrap(model)
-    net.eval()
-    net.set_class_names(split.class_names)
-    dataset = video_dataset(split, cfg, train=False, num_clips=num_clips, num_crops=num_crops)
-    mine = list(range(rt.rank, len(dataset), rt.world_size))
-    loader = DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=cfg.micro_batch,
-                        num_workers=cfg.workers, collate_fn=data.collate)
-    views = num_clips * num_crops
-    results = []  # (index, label, top-5 predicted classes, readable)
-    for batch in progress(loader, rt, f"eval {split.name}"):
-        clips = batch["clips"].to(rt.device, non_blocking=True)  # [B, views*T, 3, H, W]
-        B = clips.shape[0]
-        clips = clips.view(B * views, cfg.frames, *clips.shape[2:])  # [B*views, T, 3, H, W]
-        with autocast(cfg, rt.device):
-            logits = net(clips)  # [B*views, C]
-        scores = logits.float().softmax(-1).view(B, views, -1).sum(1)  # [B, C]
-        top5 = scores.topk(min(5, scores.shape[1]), dim=-1).indices.cpu()
-        for i in range(B):
-            results.append((int(batch["index"][i]), int(batch["label"][i]), top5[i].tolist(), bool(batch["ok"][i])))
-    if rt.distributed:
-        gathered = [None] * rt.world_size
-        dist.all_gather_object(gathered, results)
-        results = [r for part in gathered for r in part]
-    assert sorted(r[0] for r in results) == list(range(len(dataset))), "evaluation lost or repeated a video"
-    return accuracy_report(results, len(split.class_names))
-
-
-def accuracy_report(results, num_classes: int) -> dict:
-    """results: [(index, label, top5, readable)]; unreadable videos count as misclassified."""
-    correct1 = [ok and top5[0] == label for _, label, top5, ok in results]
-    correct5 = [ok and label in top5 for _, label, top5, ok in results]
-    per_class = {}
-    for (_, label, _, _), c in zip(results, correct1):
-        per_class.setdefault(label, []).append(c)
-    return dict(top1=100.0 * float(np.mean(correct1)), top5=100.0 * float(np.mean(correct5)),
-                mean_class=100.0 * float(np.mean([np.mean(v) for v in per_class.values()])),
-                videos=len(results), unreadable=sum(not r[3] for r in results), num_classes=num_classes)
-
-
-def summarize(cfg: Config, reports: dict) -> dict:
-    """The setting's headline figures: base/novel harmonic mean (Table 2), mean ± std over zero-shot splits
-    (Table 1)."""
-    summary = {}
-    if cfg.setting == "base2novel" and {"base", "novel"} <= reports.keys():
-        b, n = reports["base"]["top1"], reports["novel"]["top1"]
-        summary.update(base=b, novel=n, hm=0.0 if b + n == 0 else 2 * b * n / (b + n))
-    if cfg.setting == "zeroshot":
-        by_target = {}
-        for name, report in reports.items():
-            by_target.setdefault(name.split("/")[0], []).append(report)
-        for target, rs in by_target.items():
-            for metric in ("top1", "top5"):
-                values = [r[metric] for r in rs]
-                summary[f"{target}_{metric}_mean"] = float(np.mean(values))
-                summary[f"{target}_{metric}_std"] = float(np.std(values))
-    if len(reports) == 1:
-        summary.update(top1=next(iter(reports.values()))["top1"])
-    return summary
-
-
-def headline(cfg: Config, summary: dict) -> float:
-    """The number 'best' is chosen by."""
-    if "hm" in summary:
-        return summary["hm"]
-    if "top1" in summary:
-        return summary["top1"]
-    means = [v for k, v in summary.items() if k.endswith("top1_mean")]
-    return float(np.mean(means)) if means else 0.0
-
-
-def evaluate_all(model, evals: list, cfg: Config, rt: Runtime, num_clips=1, num_crops=1) -> tuple:
-    reports = {s.name: evaluate(model, s, cfg, rt, num_clips, num_crops) for s in evals}
-    return reports, summarize(cfg, reports)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The model
-
-
-def unwrap(model):
-    model = getattr(model, "module", model)  # DDP
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
-def build_model(cfg: Config, class_names: list, rt: Runtime):
-    clip = clip_model.load(cfg.clip)
-    if cfg.input_size is None:
-        cfg.input_size = clip.visual.input_resolution
-    prompt_config = dict(n_ctx_text=cfg.n_ctx_text, n_ctx_vision=cfg.n_ctx_vision, depth_text=cfg.depth_text,
-                         depth_vision=cfg.depth_vision)
-    model = vifi.ViFiCLIP(clip, class_names, fusion=cfg.fusion, train_mode=cfg.train,
-                          templates=cfg.template or None, **prompt_config)
-    if cfg.init_from:
-        if not os.path.isfile(cfg.init_from):
-            raise FileNotFoundError(f"--init-from {cfg.init_from}: no such file")
-        vifi.load_weights(model, cfg.init_from)
-        if cfg.normalization is None and vifi.is_authors_state_dict(
-                vifi._model_entry(vifi.read_checkpoint(cfg.init_from))):
-            cfg.normalization = "imagenet"  # the authors' released models were trained on ImageNet statistics
-    cfg.normalization = cfg.normalization or "clip"
-    model.normalization = cfg.normalization
-    if cfg.grad_checkpointing:
-        model.clip.set_grad_checkpointing(True)
-    return model.to(rt.device)
+        checkpoint, cfg = prepare_resume(cfg, given) if cfg.resume else (None, cfg)
+        if cfg.precision == "fp16" and rt.device.type != "cuda":
+            raise UserError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        train_split, evals = build_splits(cfg)  # lists checked against the videos on disk, before any weights
+        model = build_model(cfg, train_split.class_names, rt)
+        plan = None if cfg.eval_only or cfg.train == "none" else plan_batches(cfg, rt, len(train_split.samples))
+        cfg.micro_batch = plan[1] if plan else cfg.micro_batch or cfg.max_micro_batch
+    except INPUT_ERRORS as e:
+        raise (e if isinstance(e, UserError) else UserError(str(e))) from e
+    return cfg, checkpoint, train_split, evals, model, plan
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Training
 
 
-def progress(iterable, rt: Runtime, desc: str):
-    """A progress bar with ETA on the first process only."""
-    if not rt.is_main:
-        return iterable
-    from tqdm import tqdm
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stdout)
-
-
-def plan_batches(cfg: Config, rt: Runtime, num_videos: int):
-    """Effective batch = micro_batch x processes x accumulation. Returns (global batch, accumulation, steps/epoch)."""
-    per_step = cfg.micro_batch * rt.world_size
-    if cfg.batch_size % per_step:
-        raise ValueError(f"--batch-size {cfg.batch_size} is not a multiple of --micro-batch {cfg.micro_batch} x "
-                         f"{rt.world_size} processes; pick a batch size or micro-batch that divides")
-    batch = cfg.batch_size
-    if num_videos < batch:  # a small K-shot set: one step per epoch with every video rather than no step at all
-        batch = max(per_step, num_videos // per_step * per_step)
-        log(rt, f"note: {num_videos} training videos < batch {cfg.batch_size}; using batch {batch}")
-    if num_videos < batch:
-        raise ValueError(f"{num_videos} training videos are fewer than one micro-batch per process ({per_step})")
-    return batch, batch // per_step, num_videos // batch
-
-
-def train(cfg: Config, rt: Runtime) -> dict:
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    train_split, evals = build_splits(cfg)
-    model = build_model(cfg, train_split.class_names, rt)
-    net = model
+def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
+    cfg, checkpoint, train_split, evals, model, plan = setup(cfg, rt, set(given))
+    net = model  # the model itself; `model` may become its DDP / compiled wrapper
     log(rt, f"{cfg.setting} on {cfg.dataset}: {len(train_split.samples)} training videos, "
             f"{len(train_split.class_names)} classes; trainable parameters "
             f"{sum(p.numel() for p in vifi.trainable_parameters(net)):,}")
     os.makedirs(cfg.out, exist_ok=True)
     if rt.is_main:
-        with open(os.path.join(cfg.out, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=2)
-    if cfg.eval_only or cfg.train == "none":
-        reports, summary = final_evaluation(model, evals, cfg, rt)
-        return write_metrics(cfg, rt, reports, summary, history=[])
+        run_files.remove_stale_temporaries(cfg.out)
+        run_files.atomic_write_text(os.path.join(cfg.out, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
+    if plan is None:  # evaluation only
+        return write_metrics(cfg, rt, *final_evaluation(model, evals, cfg, rt), history=[])
 
-    batch, accumulation, steps_per_epoch = plan_batches(cfg, rt, len(train_split.samples))
+    batch, _, accumulation, steps_per_epoch = plan
     total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    params = vifi.trainable_parameters(net)  # frozen parameters get no optimizer state
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay,
-                                  fused=rt.device.type == "cuda" or None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total_steps, warmup_steps))
+    optimizer = torch.optim.AdamW(vifi.trainable_parameters(net), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8,
+                                  weight_decay=cfg.weight_decay, fused=rt.device.type == "cuda" or None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_lr(s, total_steps, round(cfg.warmup_epochs * steps_per_epoch)))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.precision == "fp16")
     if rt.distributed:
         model = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
 
-    state = dict(epoch=0, step_in_epoch=0, step=0, best=-1.0, history=[])
-    last_path = os.path.join(cfg.out, "last.pt")
-    if cfg.resume:
-        state = resume(last_path, net, optimizer, scheduler, scaler, cfg)
-        log(rt, f"resumed from {last_path}: epoch {state['epoch']}, step {state['step']}")
+    def save(name: str):
+        if rt.is_main:
+            run_files.atomic_save(dict(model=vifi.trainable_state_dict(net), optimizer=optimizer.state_dict(),
+                                       scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), state=state,
+                                       rng=run_files.rng_states(), config=dataclasses.asdict(cfg)),
+                                  os.path.join(cfg.out, name))
+
+    # Where the run is, and the running sums of the epoch (loss, micro-batches, unreadable videos, seconds), so that a
+    # resumed epoch's log line covers all of its steps. It goes into every checkpoint.
+    state = dict(epoch=0, step_in_epoch=0, step=0, best=-1.0, history=[], epoch_sums=[0.0, 0, 0, 0.0])
+    if checkpoint is not None:
+        vifi.load_trainable_state_dict(net, checkpoint["model"], source=cfg.resume)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        run_files.set_rng_states(checkpoint["rng"])
+        state = checkpoint.pop("state")
+        log(rt, f"resumed from {cfg.resume}: epoch {state['epoch']}, step {state['step']}")
+    if rt.is_main:  # the log is the checkpoint's history (a line written after that checkpoint goes)
+        run_files.write_log(cfg.out, state["history"])
 
     dataset = video_dataset(train_split, cfg, train=True)
-    sampler = ResumableDistributedSampler(dataset, rt, steps_per_epoch * accumulation * cfg.micro_batch, cfg.seed)
+    sampler = GlobalBatchSampler(len(dataset), batch, cfg.micro_batch, rt, cfg.seed)
     log(rt, f"batch {batch} = {cfg.micro_batch} x {rt.world_size} processes x {accumulation} accumulation; "
             f"{steps_per_epoch} steps/epoch, {total_steps} steps")
-    loop = TrainLoop(model, net, optimizer, scheduler, scaler, dataset, sampler, cfg, rt, accumulation,
-                     len(train_split.class_names))
+    num_classes = len(train_split.class_names)
     last_evaluation = None  # (reports, summary) of the current weights, if the last epoch evaluated them
     for epoch in range(state["epoch"], cfg.epochs):
         last_evaluation = None
-        record = loop.run_epoch(epoch, state)
+        dataset.set_epoch(epoch)  # seeds the augmentation: (seed, epoch, video index)
+        sampler.set_epoch(epoch, start_step=state["step_in_epoch"])
+        loader = DataLoader(dataset, batch_size=cfg.micro_batch, sampler=sampler, num_workers=cfg.workers,
+                            collate_fn=data.collate, pin_memory=rt.device.type == "cuda")
+        model.train()
+        step_start, step_sums = time.time(), [0.0, 0, 0]  # this step's loss sum, micro-batches, unreadable videos
+        for i, batch_data in enumerate(progress(loader, rt, f"epoch {epoch + 1}/{cfg.epochs}")):
+            micro = i % accumulation
+            clips = batch_data["clips"].to(rt.device, non_blocking=True)  # [m, T, 3, H, W]
+            labels = targets = batch_data["label"].to(rt.device, non_blocking=True)  # [m]
+            if cfg.mixup > 0 or cfg.cutmix > 0 or cfg.label_smoothing > 0:
+                # seeded by the global micro-batch: the same mix on any number of processes, and after a resume
+                generator = torch.Generator().manual_seed(
+                    cfg.seed * 1_000_003 + sampler.global_micro_index(state["step"], micro))
+                clips, targets = data.mixup_cutmix(clips, labels, num_classes, mixup_alpha=cfg.mixup,
+                                                   cutmix_alpha=cfg.cutmix, switch_prob=cfg.mixup_switch_prob,
+                                                   smoothing=cfg.label_smoothing, generator=generator)
+            last_micro = micro == accumulation - 1
+            # DDP all-reduces the gradients on the last micro-batch of a step only
+            with model.no_sync() if rt.distributed and not last_micro else contextlib.nullcontext():
+                with autocast(cfg, rt.device):
+                    logits = model(clips)  # [m, C], or [m*T, C] for image-level fusion in training
+                loss = net.loss(logits, targets, soft_loss=soft_cross_entropy)  # Eq. 1 (with soft targets)
+                scaler.scale(loss / accumulation).backward()
+            step_sums = [step_sums[0] + loss.item(), step_sums[1] + 1, step_sums[2] + int((~batch_data["ok"]).sum())]
+            if not last_micro:
+                continue
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            sums = reduce_sum(step_sums, rt) + [time.time() - step_start]  # the loss logged is every process's
+            state["epoch_sums"] = [a + b for a, b in zip(state["epoch_sums"], sums)]
+            state["step"] += 1
+            state["step_in_epoch"] += 1
+            step_start, step_sums = time.time(), [0.0, 0, 0]
+            if cfg.save_every and state["step"] % cfg.save_every == 0:
+                save("last.pt")
+            if cfg.max_steps and state["step"] >= cfg.max_steps:
+                break
         if state["step_in_epoch"] < steps_per_epoch:  # stopped by --max-steps mid-epoch: resumable from here
-            save(last_path, net, optimizer, scheduler, scaler, state, cfg, rt)
+            save("last.pt")
             break
-        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        loss_sum, micro_batches, unreadable, seconds = state["epoch_sums"]
+        record = dict(epoch=epoch + 1, step=state["step"], loss=loss_sum / max(1, micro_batches),
+                      lr=scheduler.get_last_lr()[0], seconds=round(seconds, 1), unreadable_videos=int(unreadable))
+        state.update(epoch=epoch + 1, step_in_epoch=0, epoch_sums=[0.0, 0, 0, 0.0])
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            reports, summary = evaluate_all(model, evals, cfg, rt)
-            last_evaluation = (reports, dict(summary))
-            record.update(summary=summary)
-            if headline(cfg, summary) > state["best"]:
-                state["best"] = headline(cfg, summary)
-                save(os.path.join(cfg.out, "best.pt"), net, optimizer, scheduler, scaler, state, cfg, rt)
+            last_evaluation = evaluate_all(model, evals, cfg, rt)
+            record.update(summary=last_evaluation[1])
+            if evaluation.headline(last_evaluation[1]) > state["best"]:
+                state["best"] = evaluation.headline(last_evaluation[1])
+                save("best.pt")
             net.set_class_names(train_split.class_names)
         state["history"].append(record)
         log(rt, json.dumps(record))
-        if rt.is_main:
-            with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-        save(last_path, net, optimizer, scheduler, scaler, state, cfg, rt)
+        save("last.pt")
+        if rt.is_main:  # after the checkpoint that holds the line: a kill in between loses no line and repeats none
+            run_files.write_log(cfg.out, state["history"])
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             break
-    reports, summary = final_evaluation(model, evals, cfg, rt, single_view=last_evaluation)
-    return write_metrics(cfg, rt, reports, summary, state["history"])
+    return write_metrics(cfg, rt, *final_evaluation(model, evals, cfg, rt, last_evaluation), state["history"])
 
 
-@dataclass
-class TrainLoop:
-    """What one epoch of training needs, held together so that run_epoch reads as the algorithm."""
-    model: torch.nn.Module       # what is called: possibly DDP- and compile-wrapped
-    net: vifi.ViFiCLIP           # the model itself
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    dataset: data.VideoDataset
-    sampler: ResumableDistributedSampler
-    cfg: Config
-    rt: Runtime
-    accumulation: int
-    num_classes: int
-
-    def run_epoch(self, epoch: int, state: dict) -> dict:
-        """Train from state["step_in_epoch"] to the epoch's end (or --max-steps); updates state in place and
-        returns the epoch's log record."""
-        cfg, rt = self.cfg, self.rt
-        self.dataset.set_epoch(epoch)  # seeds the augmentation: (seed, epoch, video index)
-        self.sampler.set_epoch(epoch, start=state["step_in_epoch"] * self.accumulation * cfg.micro_batch)
-        loader = DataLoader(self.dataset, batch_size=cfg.micro_batch, sampler=self.sampler, num_workers=cfg.workers,
-                            collate_fn=data.collate, drop_last=True, pin_memory=rt.device.type == "cuda")
-        start, losses, unreadable = time.time(), [], 0
-        self.model.train()
-        last_path = os.path.join(cfg.out, "last.pt")
-        for i, batch in enumerate(progress(loader, rt, f"epoch {epoch + 1}/{cfg.epochs}")):
-            last_micro = (i + 1) % self.accumulation == 0
-            losses.append(train_micro_step(self.model, batch, cfg, rt, self.num_classes, self.accumulation,
-                                           self.scaler, step=state["step"], micro=i % self.accumulation,
-                                           sync=last_micro))
-            unreadable += int((~batch["ok"]).sum())  # replaced by readable videos (data.py)
-            if not last_micro:
-                continue
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            state["step"] += 1
-            state["step_in_epoch"] += 1
-            if cfg.save_every and state["step"] % cfg.save_every == 0:
-                save(last_path, self.net, self.optimizer, self.scheduler, self.scaler, state, cfg, rt)
-            if cfg.max_steps and state["step"] >= cfg.max_steps:
-                break
-        return dict(epoch=epoch + 1, step=state["step"], loss=float(np.mean(losses)) if losses else None,
-                    lr=self.scheduler.get_last_lr()[0], seconds=round(time.time() - start, 1),
-                    unreadable_videos=reduce_sum(unreadable, rt))
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation (evaluation.py) and the run's results
 
 
-def train_micro_step(model, batch_data, cfg: Config, rt: Runtime, num_classes: int, accumulation: int, scaler,
-                     step: int, micro: int, sync: bool) -> float:
-    """Forward and backward of one micro-batch; gradients are all-reduced (DDP) only on the last micro-batch of an
-    optimizer step. Mixup/cutmix draw their randomness from (seed, rank, step, micro): a resumed run replays it."""
-    clips = batch_data["clips"].to(rt.device, non_blocking=True)  # [B, T, 3, H, W]
-    labels = batch_data["label"].to(rt.device, non_blocking=True)  # [B]
-    targets = labels
-    if cfg.mixup > 0 or cfg.cutmix > 0 or cfg.label_smoothing > 0:
-        generator = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + rt.rank) * 1_000_003 + step) * 64 + micro)
-        clips, targets = data.mixup_cutmix(clips, labels, num_classes, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
-                                           switch_prob=cfg.mixup_switch_prob, smoothing=cfg.label_smoothing,
-                                           generator=generator)
-    no_sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not sync else contextlib.nullcontext()
-    with no_sync:
-        with autocast(cfg, rt.device):
-            logits = model(clips)  # [B, C], or [B*T, C] for image-level fusion in training
-        loss = unwrap(model).loss(logits, targets, soft_loss=soft_cross_entropy) / accumulation
-        scaler.scale(loss).backward()
-    return loss.item() * accumulation
+def evaluate_all(model, evals: list, cfg: Config, rt: Runtime, num_clips=1, num_crops=1) -> tuple:
+    """({split name: report}, the setting's summary) of the current weights."""
+    reports = {}
+    for split in evals:
+        dataset = video_dataset(split, cfg, train=False, num_clips=num_clips, num_crops=num_crops)
+        reports[split.name] = evaluation.evaluate(unwrap(model), dataset, split.class_names, rt, cfg.micro_batch,
+                                                  cfg.workers, lambda: autocast(cfg, rt.device),
+                                                  lambda loader, desc: progress(loader, rt, f"eval {split.name}"))
+        if reports[split.name]["unreadable"] == len(split.samples):  # an accuracy of 0 that says nothing: stop
+            raise UserError(f"{split.name}: all {len(split.samples)} videos under {split.root} are unreadable; "
+                            f"check them with: python data.py --check ROOT LIST LABELS")
+    return reports, evaluation.summarize(cfg.setting, reports)
 
 
-def reduce_sum(value: int, rt: Runtime) -> int:
-    if not rt.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.long, device=rt.device)
-    dist.all_reduce(t)
-    return int(t.item())
-
-
-def final_evaluation(model, evals, cfg: Config, rt: Runtime, single_view=None):
-    """The setting's reported evaluation: single view, or the fully-supervised multi-view protocol. single_view:
-    (reports, summary) of the final weights, single view, when the last epoch already computed them."""
+def final_evaluation(model, evals, cfg: Config, rt: Runtime, single_view=None) -> tuple:
+    """The setting's reported evaluation: single view, or the fully-supervised multi-view protocol and what the views
+    add (Table 4). single_view: the final weights' (reports, summary), when the last epoch computed them."""
+    single = single_view or evaluate_all(model, evals, cfg, rt)
     if cfg.num_clips * cfg.num_crops == 1:
-        return single_view or evaluate_all(model, evals, cfg, rt)
+        return single
     reports, summary = evaluate_all(model, evals, cfg, rt, num_clips=cfg.num_clips, num_crops=cfg.num_crops)
-    single, single_summary = single_view or evaluate_all(model, evals, cfg, rt)  # what the views add (Table 4)
-    reports.update({f"{k} (1 view)": v for k, v in single.items()})
-    summary.update({f"{k}_1view": v for k, v in single_summary.items()})
+    reports.update({f"{k} (1 view)": v for k, v in single[0].items()})
+    summary.update({f"{k}_1view": v for k, v in single[1].items()})
     return reports, summary
 
 
 def write_metrics(cfg: Config, rt: Runtime, reports: dict, summary: dict, history: list) -> dict:
     metrics = dict(summary=summary, reports=reports, history=history, config=dataclasses.asdict(cfg),
-                   code_version=code_version(), world_size=rt.world_size)
+                   code_version=run_files.code_version(), world_size=rt.world_size,
+                   warnings=evaluation.unreadable_warnings(reports))
     if rt.is_main:
-        os.makedirs(cfg.out, exist_ok=True)
-        tmp = os.path.join(cfg.out, "metrics.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(metrics, f, indent=2)
-        os.replace(tmp, os.path.join(cfg.out, "metrics.json"))
+        run_files.atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2))
         for name, r in reports.items():
             log(rt, f"{name:>20}: top-1 {r['top1']:.1f}  top-5 {r['top5']:.1f}  mean-class {r['mean_class']:.1f}  "
                     f"({r['videos']} videos, {r['unreadable']} unreadable)")
         log(rt, "summary: " + json.dumps({k: round(v, 2) for k, v in summary.items()}))
+        for warning in metrics["warnings"]:
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     return metrics
 
 
-def save(path, net, optimizer, scheduler, scaler, state, cfg: Config, rt: Runtime):
-    if not rt.is_main:
-        return
-    atomic_save(dict(model=vifi.trainable_state_dict(net), optimizer=optimizer.state_dict(),
-                     scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), state=state, rng=rng_states(),
-                     config=dataclasses.asdict(cfg)), path)
-
-
-def resume(path, net, optimizer, scheduler, scaler, cfg: Config) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume: {path} does not exist (nothing to resume in --out {cfg.out})")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    vifi.load_trainable_state_dict(net, checkpoint["model"], source=path)
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    set_rng_states(checkpoint["rng"])
-    return checkpoint["state"]
-
-
-def main(argv=None):
-    cfg = parse_args(argv)
-    rt = setup_runtime(cfg)
+def main(argv=None) -> dict:
+    cfg, given = parse_command_line(argv)
     try:
-        return train(cfg, rt)
+        rt = setup_runtime(cfg)
+    except (RuntimeError, ValueError) as e:  # e.g. --device cuda without a GPU, or a misspelt device
+        raise UserError(f"--device {cfg.device}: {e}") from e
+    try:
+        return train(cfg, rt, given)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
+def cli(argv=None) -> int:
+    """`python train.py ...`: a user error exits with status 2 and one line on stderr, before compute is spent."""
+    try:
+        main(argv)
+    except UserError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

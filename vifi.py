@@ -40,7 +40,9 @@ call clear_text_cache() after one.)
 Prompt templates, `templates=`: the authors fine-tune and evaluate with FINETUNE_TEMPLATE "a photo of a {}." and
 report vanilla CLIP zero-shot with the bare class name, ZERO_SHOT_TEMPLATE "{}". A list of templates is averaged
 (prompt ensembling: the mean of the normalised embeddings, normalised again). With learned text prompts the default
-is "{}.": the learned tokens stand where "a photo of a" stood. Underscores in class names become spaces.
+is "{}.": the learned tokens stand where "a photo of a" stood; fewer than its 4 tokens, started from its words,
+leave the others in the prompt ("of a {}." for 2, as in the authors' code). Underscores in class names become
+spaces.
 
 The authors' released checkpoints (load_authors_checkpoint, load_weights): a .pth whose "model" entry is the
 state dict of their DistributedDataParallel-wrapped model. Key mapping (after removing their "module." prefix):
@@ -72,13 +74,14 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import clip_model
+import clip_weights
 import prompts as prompts_module
 from clip_model import CLIP
 from tokenizer import tokenize
@@ -455,6 +458,8 @@ def _model_entry(checkpoint) -> dict:
 
 _AUTHORS_IGNORED = ("prompt_learner.complete_text_embeddings", "prompt_learner.token_prefix",
                     "prompt_learner.token_suffix")
+# Their CTX_INIT in every config they ship (and their default); the file's own copy of the config is not read.
+_AUTHORS_CTX_INIT = "a photo of a"
 _AUTHORS_DEEP_PROMPT = re.compile(r"(image|text)_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow")
 
 
@@ -464,7 +469,12 @@ def is_authors_state_dict(state_dict: dict) -> bool:
 
 def convert_authors_state_dict(state_dict: dict, source: str = "state dict") -> tuple:
     """The authors' ViFiCLIP state dict -> (CLIP state dict in OpenAI's names without token_embedding.weight,
-    PromptLearner state dict, PromptLearner config). Unknown keys are an error."""
+    PromptLearner state dict, PromptLearner config). Unknown keys are an error.
+
+    Their prompt learner starts the text tokens from the words of CTX_INIT when there are at most 4 of them (the
+    tokens of "a photo of a"), and builds every class prompt as "<sot> [ctx] rest {name}.": with 2 tokens the rest
+    is "of a", kept as fixed words; with 4 or more (random start) nothing. prompts.PromptLearner does the same from
+    ctx_init, which the config therefore carries."""
     clip_sd, layers, unknown = {}, {"text": {}, "vision": {}}, []
     for key, value in state_dict.items():
         k = key[len("module."):] if key.startswith("module.") else key  # DistributedDataParallel's prefix
@@ -487,7 +497,7 @@ def convert_authors_state_dict(state_dict: dict, source: str = "state dict") -> 
             unknown.append(key)
     if unknown:
         raise ValueError(f"{source}: keys that are not part of the authors' ViFi-CLIP: {_short(unknown)}")
-    config, prompt_sd = dict(ctx_init=None), {}
+    config, prompt_sd = dict(ctx_init=_AUTHORS_CTX_INIT), {}
     for tower, found in layers.items():
         if sorted(found) != list(range(len(found))):
             raise ValueError(f"{source}: {tower} prompts at layers {sorted(found)}; expected layers 0 .. d-1")
@@ -500,30 +510,24 @@ def convert_authors_state_dict(state_dict: dict, source: str = "state dict") -> 
     return clip_sd, prompt_sd, config
 
 
-def _clip_with_weights(base: Union[str, CLIP], clip_sd: dict, source: str) -> CLIP:
-    """A copy of the base CLIP with clip_sd loaded over it; everything but the token embeddings must come from
-    clip_sd."""
-    clip = clip_model.load(base) if isinstance(base, str) else copy.deepcopy(base)
-    try:
-        missing, unexpected = clip.load_state_dict(clip_sd, strict=False)
-    except RuntimeError as e:  # shape mismatch
-        raise ValueError(f"{source}: weights do not fit the base CLIP's architecture: {e}") from None
-    missing = [k for k in missing if k != "token_embedding.weight"]
-    if missing or unexpected:
-        raise ValueError(f"{source}: missing CLIP weights {_short(missing)}, unexpected keys {_short(unexpected)}")
-    return clip
-
-
 def load_authors_checkpoint(path: str, class_names: Sequence[str], base: Union[str, CLIP] = "ViT-B/16",
                             **kwargs) -> ViFiCLIP:
     """A ViFiCLIP with the weights of one of the authors' released checkpoints (fine-tuned, or prompt-tuned: the
-    prompt settings are read off the tensors). The token embeddings come from `base` (their files do not hold them;
-    all their models are ViT-B/16). kwargs go to ViFiCLIP; defaults train_mode="none", normalization="imagenet"."""
-    clip_sd, prompt_sd, prompt_config = convert_authors_state_dict(_model_entry(read_checkpoint(path)), path)
-    clip = _clip_with_weights(base, clip_sd, source=path)
-    kwargs = dict(dict(train_mode="none", normalization="imagenet"), **kwargs)
-    model = ViFiCLIP(clip, class_names, **prompt_config, **kwargs)
-    model.prompts.load_state_dict(prompt_sd, strict=True)
+    prompt settings are read off the tensors), loaded as load_weights loads them. The token embeddings come from
+    `base` (their files do not hold them; all their models are ViT-B/16). kwargs go to ViFiCLIP and override what
+    the file implies (e.g. ctx_init=None for a model trained without CTX_INIT; see convert_authors_state_dict);
+    defaults train_mode="none", normalization="imagenet"."""
+    return _authors_model(read_checkpoint(path), path, class_names, base, **kwargs)
+
+
+def _authors_model(checkpoint, path: str, class_names: Sequence[str], base: Union[str, CLIP], **kwargs) -> ViFiCLIP:
+    if not is_authors_state_dict(_model_entry(checkpoint)):
+        raise ValueError(f"{path}: not one of the authors' checkpoints (no image_encoder weights)")
+    _, _, prompt_config = convert_authors_state_dict(_model_entry(checkpoint), path)
+    clip = clip_weights.load(base) if isinstance(base, str) else copy.deepcopy(base)
+    model = ViFiCLIP(clip, class_names, **{"train_mode": "none", **prompt_config, **kwargs})  # kwargs win
+    _load_checkpoint(model, checkpoint, path)
+    model.normalization = kwargs.get("normalization", model.normalization)  # given explicitly: it stands
     return model
 
 
@@ -531,49 +535,99 @@ def load_authors_checkpoint(path: str, class_names: Sequence[str], base: Union[s
 # Starting a model from a checkpoint, and prompt checkpoints
 
 
+class Loaded(NamedTuple):
+    """What load_weights found in a file and did."""
+    format: str  # "authors", "openai", "prompts" or "ours" (load_weights' table)
+    keys: list  # the names loaded (the model's state-dict names), sorted
+    normalization: Optional[str]  # the pixel statistics the weights expect, now model.normalization; None: unsaid
+
+
+def load_weights(model: ViFiCLIP, path: str) -> Loaded:
+    """Copy the weights of a checkpoint into `model` (train.py --init-from; the bridged model of bridge and prompt),
+    strictly: what the file is must load whole, or nothing loads. Returns Loaded(format, keys, normalization).
+
+      format   the file                             what it must hold
+      authors  the authors' checkpoint              every CLIP weight but the token embeddings (their files have none)
+      openai   a CLIP state dict in OpenAI's names  every CLIP weight
+      prompts  a prompt checkpoint (save_prompts)   exactly the model's prompts
+      ours     our names ("clip.*", "prompts.*")    whole parts: any part it has a weight of, it has all of
+
+    The parts: the image tower, the text tower, logit_scale, the token embeddings, the text prompts, the vision
+    prompts (the authors' prompts too are parts: every prompted layer of the model, or none). Parts are the unit
+    because our own checkpoints are partial by design: train.py saves the trainable parameters only (a prompt run's
+    best.pt holds just the prompts; a fine-tuned one everything but the frozen token embeddings), and a bridged
+    model's prompts start fresh (Sec. 5: bridge with a fine-tuned model, then prompt). What a file has no part of
+    keeps its values. An empty file, unknown keys, a wrong shape or a missing weight is an error naming the file
+    and the keys, raised before anything is copied.
+
+    The weights' pixel statistics come with them, into model.normalization (which classify uses): ImageNet's for
+    the authors' checkpoints (their data pipeline normalised with them), CLIP's for OpenAI's CLIP, the run's
+    --normalization for train.py's checkpoints (their "config"); a prompt checkpoint, or our names without a config,
+    leave it as it is (Loaded.normalization None)."""
+    return _load_checkpoint(model, read_checkpoint(path), path)
+
+
+def _part(key: str) -> str:
+    """The part of a ViFiCLIP a state-dict name belongs to (load_weights loads whole parts)."""
+    for prefix in ("clip.visual.", "prompts.text.", "prompts.vision."):
+        if key.startswith(prefix):
+            return prefix
+    return key if key in ("clip.logit_scale", "clip.token_embedding.weight") else "clip.text tower"
+
+
 @torch.no_grad()
-def load_weights(model: ViFiCLIP, path: str) -> list:
-    """Copy the weights of a checkpoint into `model` (train.py --init-from; the bridged model of bridge and prompt).
-    Accepted: the authors' checkpoints (CLIP weights, and their prompts if they have any: then the model's prompt
-    settings must match), checkpoints written by train.py or with this model's state_dict() names ("clip.*",
-    "prompts.*"), prompt checkpoints (prompts.save_prompts), and CLIP state dicts in OpenAI's names. Shapes must fit
-    and unknown keys are an error; weights the file does not have are left as they are. Returns the names loaded."""
-    checkpoint = read_checkpoint(path)
+def _load_checkpoint(model: ViFiCLIP, checkpoint, path: str) -> Loaded:
+    own, normalization = model.state_dict(), None
     if isinstance(checkpoint, dict) and checkpoint.get("format") == prompts_module.PROMPT_CHECKPOINT_FORMAT:
-        state_dict = {f"prompts.{k}": v for k, v in checkpoint["prompts"].items()}
+        form, state_dict = "prompts", {f"prompts.{k}": v for k, v in checkpoint["prompts"].items()}
+        required = [k for k in own if k.startswith("prompts.")]
     else:
         state_dict = _model_entry(checkpoint)
         if is_authors_state_dict(state_dict):
+            form, normalization = "authors", "imagenet"
             clip_sd, prompt_sd, _ = convert_authors_state_dict(state_dict, path)
             state_dict = {**{f"clip.{k}": v for k, v in clip_sd.items()},
                           **{f"prompts.{k}": v for k, v in prompt_sd.items()}}
-        elif not any(k.startswith(("clip.", "prompts.")) for k in state_dict):  # a CLIP in OpenAI's names
+            required = [k for k in own if k.startswith("clip.") and k != "clip.token_embedding.weight"]
+        elif any(k.startswith(("clip.", "prompts.")) for k in state_dict):
+            form, required, config = "ours", [], checkpoint.get("config")
+            if isinstance(config, dict) and config.get("normalization") in NORMALIZATIONS:
+                normalization = config["normalization"]  # the run's (train.py saves its configuration)
+        else:  # a CLIP in OpenAI's names (or nothing at all)
+            form, normalization = "openai", "clip"
             state_dict = {f"clip.{k}": v for k, v in state_dict.items() if k not in clip_model.OPENAI_METADATA_KEYS}
-    own = model.state_dict()
+            required = [k for k in own if k.startswith("clip.")]
     unexpected = [k for k in state_dict if k not in own]
     if unexpected:
         raise ValueError(f"{path}: keys this model does not have (check the prompt settings): {_short(unexpected)}")
+    parts = {_part(k) for k in state_dict}
+    missing = [k for k in own if k not in state_dict and (k in required or _part(k) in parts)]
+    if missing or not state_dict:
+        what = "holds none of this model's weights" if not state_dict else "is incomplete, nothing was loaded"
+        raise ValueError(f"{path}: {what}; missing {_short(missing)}")
     for k, v in state_dict.items():
         if own[k].shape != v.shape:
             raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, this model's is {tuple(own[k].shape)}")
+    for k, v in state_dict.items():
         own[k].copy_(v)  # state_dict() tensors share storage with the parameters
-    return sorted(state_dict)
+    model.normalization = normalization or model.normalization
+    return Loaded(form, sorted(state_dict), normalization)
 
 
 def _load_base(ref: Union[str, CLIP]) -> tuple:
-    """-> (CLIP, normalization) for a bridged model: a CLIP, an authors' checkpoint, or anything clip_model.load
+    """-> (CLIP, normalization) for a bridged model: a CLIP, an authors' checkpoint, or anything clip_weights.load
     reads."""
     if isinstance(ref, CLIP):
         return ref, None
     if os.path.isfile(ref):
         try:
-            state_dict = _model_entry(read_checkpoint(ref))
+            checkpoint = read_checkpoint(ref)
+            authors = is_authors_state_dict(_model_entry(checkpoint))
         except (pickle.UnpicklingError, RuntimeError, ValueError):  # TorchScript, safetensors...: clip_model's job
-            state_dict = {}
-        if is_authors_state_dict(state_dict):
-            clip_sd, _, _ = convert_authors_state_dict(state_dict, ref)  # prompts in a base are not used
-            return _clip_with_weights("ViT-B/16", clip_sd, source=ref), "imagenet"
-    return clip_model.load(ref), "clip"
+            authors = False
+        if authors:  # its prompts, if it has any, are not used: a base is the bridged CLIP
+            return _authors_model(checkpoint, ref, ["-"], "ViT-B/16").clip, "imagenet"
+    return clip_weights.load(ref), "clip"
 
 
 def load_prompted(path: str, class_names: Sequence[str], base: Union[str, CLIP, None] = None, verify: bool = True,
@@ -585,7 +639,7 @@ def load_prompted(path: str, class_names: Sequence[str], base: Union[str, CLIP, 
     reference = payload["base_model"]
     base = reference["ref"] if base is None else base
     if verify and isinstance(base, str) and os.path.isfile(base) and reference.get("sha256"):
-        actual = clip_model.sha256_of(base)
+        actual = clip_weights.sha256_of(base)
         if actual != reference["sha256"]:
             raise ValueError(f"{path}: its prompts were trained on {reference['ref']} (SHA-256 "
                              f"{reference['sha256'][:12]}...), but {base} has SHA-256 {actual[:12]}...; pass "

@@ -43,6 +43,7 @@ import torchvision.transforms.functional as TF
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import prepare_videos  # noqa: E402
+import video_decoder  # noqa: E402
 
 try:
     import decord
@@ -99,7 +100,7 @@ def naive_transform(path):
 def decord_load(path, train, generator=None):
     """decord's clip: the same indices and the same transform as data.VideoDataset.load."""
     vr = decord.VideoReader(path, num_threads=1)
-    with data.VideoReader(path) as r:  # our frame count, so that both take the same indices
+    with video_decoder.VideoReader(path) as r:  # our frame count, so that both take the same indices
         n = r.num_frames
     frames = vr.get_batch(data.sample_indices(n, T, "train" if train else "eval", generator=generator)).asnumpy()
     h, w = frames.shape[1:3]
@@ -109,7 +110,7 @@ def decord_load(path, train, generator=None):
 
 def assert_decord_frames_identical(path):
     vr = decord.VideoReader(path, num_threads=1)
-    with data.VideoReader(path, threads=1) as r:
+    with video_decoder.VideoReader(path, threads=1) as r:
         for mode in ("eval", "train"):
             idx = data.sample_indices(r.num_frames, T, mode, generator=torch.Generator().manual_seed(0))
             ours, theirs = r.get(idx), vr.get_batch(idx).asnumpy()

@@ -114,7 +114,11 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--modes", default=",".join(vifi.TRAIN_MODES))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # "mode,checkpointing": run one configuration, print JSON
+    parser.add_argument("--quick", action="store_true", help="a check that the script runs: 1 frame, one timed "
+                        "step of the evaluation pass and of prompt learning")
     args = parser.parse_args()
+    if args.quick:
+        args.frames, args.steps, args.modes = 1, 1, "prompts,none"
     if args.one:
         mode, ckpt = args.one.split(",")
         print(json.dumps(run_one(mode, ckpt == "1", args)))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import clip_model  # noqa: E402
+import clip_weights  # noqa: E402
 import data  # noqa: E402
 import miniworld  # noqa: E402
 from tokenizer import tokenize  # noqa: E402
@@ -82,15 +83,18 @@ def fmt(x):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clip", default=miniworld.TINY_CLIP_NAME, help="name or path for clip_model.load")
+    parser.add_argument("--clip", default=miniworld.TINY_CLIP_NAME, help="name or path for clip_weights.load")
     parser.add_argument("--datasets", default=",".join(miniworld.DATASETS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--per-class", action="store_true", help="also print every class's accuracy")
     parser.add_argument("--json", default=None, help="write all figures here")
+    parser.add_argument("--quick", action="store_true", help="a check that the script runs: toy-hmdb only")
     args = parser.parse_args()
+    if args.quick:
+        args.datasets = "toy-hmdb"
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    model = clip_model.load(args.clip).eval()
+    model = clip_weights.load(args.clip).eval()
     results = {}
     print("| dataset (role) | classes, val videos | chance | prompt | view | top-1 | frame cls | motion cls | "
           "order cls | caption-word cls |")

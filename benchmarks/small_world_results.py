@@ -15,6 +15,7 @@ metrics to --out/results.json.
 import argparse
 import json
 import os
+import tempfile
 import sys
 
 import numpy as np
@@ -63,7 +64,13 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "small_world"))
     parser.add_argument("--only", default="", help="comma-separated row-name prefixes")
+    parser.add_argument("--quick", action="store_true", help="a check that the script runs: the few-shot vanilla row (no "
+                        "training), one seed, written under --out (default a temporary folder)")
     args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.only = args.seeds[:1], "fewshot/vanilla"
+        if args.out == parser.get_default("out"):
+            args.out = tempfile.mkdtemp(prefix="small_world_quick_")
     rows = {n: r for n, r in ROWS.items() if not args.only or any(n.startswith(p) for p in args.only.split(","))}
     results = {}
     for name, (row_args, figures) in rows.items():

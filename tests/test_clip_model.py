@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import clip_model
+import clip_weights
 from tokenizer import tokenize
 
 VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
@@ -143,7 +144,7 @@ def test_load_plain_state_dict(small_pair, tmp_path):
     reference, _ = small_pair
     path = tmp_path / "weights.pt"
     torch.save(reference.state_dict(), path)
-    assert_same_outputs(reference, clip_model.load(str(path)), *small_inputs())
+    assert_same_outputs(reference, clip_weights.load(str(path)), *small_inputs())
 
 
 def test_load_torchscript_archive_as_openai_distributes_it(small_pair, tmp_path):
@@ -158,7 +159,7 @@ def test_load_torchscript_archive_as_openai_distributes_it(small_pair, tmp_path)
     path = tmp_path / "ViT-tiny.pt"
     torch.jit.save(traced, str(path))
     assert "input_resolution" in torch.jit.load(str(path)).state_dict()
-    assert_same_outputs(reference, clip_model.load(str(path)), images, texts)
+    assert_same_outputs(reference, clip_weights.load(str(path)), images, texts)
 
 
 def _hf_model(config):
@@ -191,7 +192,7 @@ def test_load_hugging_face_checkpoint(tmp_path, safe):
         for f in tmp_path.glob("*.safetensors"):
             f.unlink()
         torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
-    ours = clip_model.load(str(tmp_path))
+    ours = clip_weights.load(str(tmp_path))
     images, texts = small_inputs()
     with torch.no_grad():
         out = hf(input_ids=texts, pixel_values=images)
@@ -203,7 +204,7 @@ def test_load_hugging_face_checkpoint(tmp_path, safe):
 def test_hugging_face_conversion_round_trips(small_pair):
     _, ours = small_pair
     state_dict = ours.state_dict()
-    back = clip_model.convert_hf_state_dict(clip_model.to_hf_state_dict(state_dict))
+    back = clip_weights.convert_hf_state_dict(clip_weights.to_hf_state_dict(state_dict))
     assert back.keys() == state_dict.keys()
     assert all(torch.equal(back[k], state_dict[k]) for k in state_dict)
 
@@ -212,8 +213,8 @@ def test_load_returns_fp32_unless_asked(small_pair, tmp_path):
     reference, _ = small_pair
     path = tmp_path / "half.pt"
     torch.save({k: v.half() for k, v in reference.state_dict().items()}, path)  # OpenAI ships fp16 weights
-    assert clip_model.load(str(path)).dtype == torch.float32
-    model = clip_model.load(str(path), dtype=torch.bfloat16)
+    assert clip_weights.load(str(path)).dtype == torch.float32
+    model = clip_weights.load(str(path), dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16
     images, texts = small_inputs()
     with torch.no_grad():
@@ -230,17 +231,94 @@ def test_known_name_downloads_once_and_checks_the_hash(tmp_path, monkeypatch, sm
     served = tmp_path / "server" / digest / "ViT-tiny.pt"  # OpenAI's addresses are .../<sha256>/<file name>
     served.parent.mkdir(parents=True)
     served.write_bytes(buffer.getvalue())
-    monkeypatch.setitem(clip_model._MODELS, "ViT-tiny", served.as_uri())
+    monkeypatch.setitem(clip_weights._MODELS, "ViT-tiny", served.as_uri())
     monkeypatch.setenv("CLIP_CACHE", str(tmp_path / "cache"))
-    model = clip_model.load("ViT-tiny")
+    model = clip_weights.load("ViT-tiny")
     assert_same_outputs(reference, model, *small_inputs())
     assert sorted(os.listdir(tmp_path / "cache")) == ["ViT-tiny.pt"]  # no temporary file left behind
-    clip_model.load("ViT-tiny")  # second time: from the cache
+    clip_weights.load("ViT-tiny")  # second time: from the cache
+
+
+# Without the network (tests never leave the machine: 127.0.0.1 and file:// only)
+
+B16_SHA = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
+
+
+def test_unreachable_server_says_in_one_line_how_to_work_offline(tmp_path, monkeypatch):
+    url = f"http://127.0.0.1:9/{B16_SHA}/ViT-B-16.pt"  # port 9 (discard): nothing listens, refused at once
+    monkeypatch.setitem(clip_weights._MODELS, "ViT-B/16", url)
+    monkeypatch.setenv("CLIP_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(clip_weights.DownloadError) as failure:
+        clip_weights.load("ViT-B/16")
+    message = str(failure.value)
+    assert "\n" not in message and isinstance(failure.value, RuntimeError)
+    assert message.startswith(f"cannot download CLIP ViT-B/16 from {url}: URLError")
+    assert f"fetch ViT-B-16.pt (SHA-256 {B16_SHA})" in message
+    assert "pass --clip /path/to/ViT-B-16.pt" in message
+    assert f"or put it at {tmp_path / 'cache' / 'ViT-B-16.pt'}" in message
+    assert os.listdir(tmp_path / "cache") == []
+
+
+def serve_once(body: bytes, length: int):
+    """A local HTTP server that announces `length` bytes, sends `body` and closes: a connection cut mid-download."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize("how", ["connection cut", "truncated file"])
+def test_partial_download_never_becomes_the_cached_file(tmp_path, how):
+    weights = os.urandom(200_000)
+    digest = __import__("hashlib").sha256(weights).hexdigest()
+    cache = tmp_path / "cache"
+    if how == "connection cut":
+        server, thread = serve_once(weights[:50_000], len(weights))
+        url = f"http://127.0.0.1:{server.server_address[1]}/{digest}/ViT-x.pt"
+    else:
+        served = tmp_path / "server" / digest / "ViT-x.pt"
+        served.parent.mkdir(parents=True)
+        served.write_bytes(weights[:50_000])
+        url = served.as_uri()
+    try:
+        with pytest.raises(clip_weights.DownloadError, match=r"cannot download ViT-x\.pt from .*: "
+                           r"(IncompleteRead|downloaded file has SHA-256 \w+, expected " + digest + ")"):
+            clip_weights.download(url, str(cache), expected_sha256=digest)
+    finally:
+        if how == "connection cut":
+            thread.join(10)
+            server.server_close()
+    assert os.listdir(cache) == []  # neither the cached name nor a temporary file
+
+
+def test_fetching_a_model_prints_where_it_is_cached(tmp_path, capsys):
+    served = tmp_path / "w.pt"
+    served.write_bytes(b"weights")
+    digest = __import__("hashlib").sha256(b"weights").hexdigest()
+    target = clip_weights.download(served.as_uri(), str(tmp_path / "cache"), expected_sha256=digest, name="ViT-w")
+    assert target == str(tmp_path / "cache" / "w.pt")
+    assert f"downloading CLIP ViT-w from {served.as_uri()} to {target}" in capsys.readouterr().err
+    clip_weights.download(served.as_uri(), str(tmp_path / "cache"), expected_sha256=digest, name="ViT-w")
+    assert capsys.readouterr().err == ""  # cached: nothing fetched, nothing printed
 
 
 def test_available_models_lists_openai_vits_and_the_tiny_world():
-    names = clip_model.available_models()
-    assert {"ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px", clip_model.TINY_MODEL_NAME} <= set(names)
+    names = clip_weights.available_models()
+    assert {"ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px", clip_weights.TINY_MODEL_NAME} <= set(names)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -249,7 +327,7 @@ def test_available_models_lists_openai_vits_and_the_tiny_world():
 
 def test_missing_file_is_named():
     with pytest.raises(FileNotFoundError, match="no/such/weights.pt"):
-        clip_model.load("no/such/weights.pt")
+        clip_weights.load("no/such/weights.pt")
 
 
 def test_truncated_file_is_named(small_pair, tmp_path):
@@ -259,21 +337,21 @@ def test_truncated_file_is_named(small_pair, tmp_path):
     path = tmp_path / "truncated.pt"
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with pytest.raises(RuntimeError, match=r"truncated\.pt: cannot read weights, the file is truncated or corrupt"):
-        clip_model.load(str(path))
+        clip_weights.load(str(path))
 
 
 def test_corrupt_file_is_named(tmp_path):
     path = tmp_path / "garbage.pt"
     path.write_bytes(os.urandom(4096))
     with pytest.raises(RuntimeError, match=r"garbage\.pt: cannot read weights"):
-        clip_model.load(str(path))
+        clip_weights.load(str(path))
 
 
 def test_cached_file_with_wrong_hash_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIP_CACHE", str(tmp_path))
     (tmp_path / "ViT-B-16.pt").write_bytes(b"not the weights")
     with pytest.raises(RuntimeError, match=r"ViT-B-16\.pt: SHA-256 does not match 5806e77c"):
-        clip_model.load("ViT-B/16")
+        clip_weights.load("ViT-B/16")
 
 
 def test_download_with_wrong_hash_is_refused_and_leaves_nothing(tmp_path):
@@ -281,7 +359,7 @@ def test_download_with_wrong_hash_is_refused_and_leaves_nothing(tmp_path):
     served.write_bytes(b"tampered")
     cache = tmp_path / "cache"
     with pytest.raises(RuntimeError, match=r"file\.pt: downloaded file has SHA-256 .*, expected 0000"):
-        clip_model.download(served.as_uri(), str(cache), expected_sha256="0" * 64)
+        clip_weights.download(served.as_uri(), str(cache), expected_sha256="0" * 64)
     assert os.listdir(cache) == []
 
 
@@ -289,11 +367,11 @@ def test_unknown_architecture_is_named(tmp_path):
     path = tmp_path / "resnet.pt"
     torch.save({"visual.layer1.0.conv1.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match=r"resnet\.pt: this is a ResNet CLIP checkpoint"):
-        clip_model.load(str(path))
+        clip_weights.load(str(path))
     path = tmp_path / "other.pt"
     torch.save({"encoder.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match=r"other\.pt: unknown architecture"):
-        clip_model.load(str(path))
+        clip_weights.load(str(path))
 
 
 def test_missing_and_unexpected_keys_are_listed(small_pair, tmp_path):
@@ -305,14 +383,14 @@ def test_missing_and_unexpected_keys_are_listed(small_pair, tmp_path):
     torch.save(state_dict, path)
     with pytest.raises(ValueError, match=r"mismatch\.pt: weights do not fit .*missing keys \['visual\.ln_post\.bias'\]"
                                          r".*unexpected keys \['visual\.extra'\]"):
-        clip_model.load(str(path))
+        clip_weights.load(str(path))
 
 
 def test_not_a_state_dict_is_refused(tmp_path):
     path = tmp_path / "list.pt"
     torch.save([torch.zeros(1)], path)
     with pytest.raises(RuntimeError, match=r"list\.pt: .*not a state dict"):
-        clip_model.load(str(path))
+        clip_weights.load(str(path))
 
 
 def test_hugging_face_clip_with_another_activation_is_refused(tmp_path):
@@ -320,7 +398,7 @@ def test_hugging_face_clip_with_another_activation_is_refused(tmp_path):
     hf.config.vision_config.hidden_act = "gelu"
     hf.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"config\.json: vision_config\.hidden_act is 'gelu'"):
-        clip_model.load(str(tmp_path))
+        clip_weights.load(str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -355,7 +433,7 @@ def test_text_is_cut_after_the_last_end_token(small_pair, monkeypatch):
     _, ours = small_pair
     lengths = []
     original = ours.transformer.forward
-    monkeypatch.setattr(ours.transformer, "forward", lambda x, **kw: lengths.append(x.shape[1]) or original(x, **kw))
+    monkeypatch.setattr(ours.transformer, "forward", lambda x, *a, **kw: lengths.append(x.shape[1]) or original(x, *a, **kw))
     with torch.no_grad():
         ours.encode_text(tokenize(["a photo of a cat.", "a dog."]))
     assert lengths == [8]  # <sot> a photo of a cat . <eot>
@@ -376,37 +454,34 @@ def test_last_layer_computes_only_the_token_each_tower_reads(small_pair):
     finally:
         for handle in handles:
             handle.remove()
-    assert shapes == {("vision", 0): (3, 17, 64), ("vision", 1): (3, 1, 64),
-                      ("text", 0): (4, 77, 64), ("text", 1): (4, 1, 64)}
+    assert shapes == {("vision", 0): (3, 17, 64), ("vision", 1): (3, 64),
+                      ("text", 0): (4, 77, 64), ("text", 1): (4, 64)}
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_reading_positions_gives_the_full_output_there_with_the_same_gradients(small_pair, causal):
-    """Transformer(read=...) against the full transformer's output gathered at the same positions, one set of
-    positions per sequence (as the text tower's end tokens), in values and in the gradients of input and weights."""
+def test_a_layer_at_one_position_is_the_full_layer_there_with_the_same_gradients(small_pair, causal):
+    """block_at against the full layer's output taken at the same position, a different position per sequence (as
+    the text tower's end tokens), in values and in the gradients of input and weights."""
     _, ours = small_pair
-    transformer = copy.deepcopy(ours.transformer)
+    block = copy.deepcopy(ours.transformer.resblocks[0])
     torch.manual_seed(7)
     x = torch.randn(3, 9, 64, requires_grad=True)
-    read = torch.tensor([[0, 4], [8, 2], [5, 5]])  # [N, Q]
+    position = torch.tensor([4, 8, 0])  # [N]
 
-    def output_and_grads(use_read):
-        transformer.zero_grad()
+    def output_and_grads(at_position):
+        block.zero_grad()
         x.grad = None
-        if use_read:
-            y = transformer(x, causal=causal, read=read)
-        else:
-            y = clip_model.gather_positions(transformer(x, causal=causal), read)
+        y = clip_model.block_at(block, x, position, causal) if at_position else block(x, causal)[range(3), position]
         y.pow(2).sum().backward()
-        return y.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in transformer.named_parameters()}
+        return y.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in block.named_parameters()}
 
     y_full, dx_full, dw_full = output_and_grads(False)
-    y_read, dx_read, dw_read = output_and_grads(True)
-    assert y_read.shape == (3, 2, 64)
-    torch.testing.assert_close(y_read, y_full, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(dx_read, dx_full, atol=1e-5, rtol=1e-4)
+    y_at, dx_at, dw_at = output_and_grads(True)
+    assert y_at.shape == (3, 64)
+    torch.testing.assert_close(y_at, y_full, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dx_at, dx_full, atol=1e-5, rtol=1e-4)
     for name in dw_full:
-        torch.testing.assert_close(dw_read[name], dw_full[name], atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(dw_at[name], dw_full[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_gradients_match_openai(small_pair):

@@ -7,6 +7,8 @@ import glob
 import logging
 import os
 import re
+import subprocess
+import sys
 from fractions import Fraction
 
 import av
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 import data
+import video_decoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = os.path.join(ROOT, "splits")
@@ -327,7 +330,7 @@ def test_sample_indices_errors():
 
 @pytest.mark.parametrize("kind", ["mp4", "avi", "vp8", "vp9", "mkv", "raw"])
 def test_decode_containers_codecs(videos, kind):
-    with data.VideoReader(videos[kind]) as r:
+    with video_decoder.VideoReader(videos[kind]) as r:
         assert r.num_frames == N
         idx = [39, 0, 7, 7, 20, 33]
         frames = r.get(idx)
@@ -344,19 +347,19 @@ def test_missing_metadata(videos):
 
 
 def test_decode_every_frame_and_repeated_get(videos):
-    with data.VideoReader(videos["mp4"]) as r:
+    with video_decoder.VideoReader(videos["mp4"]) as r:
         assert [read_index(f) for f in r.get(range(N))] == list(range(N))
         assert [read_index(f) for f in r.get([5, 1])] == [5, 1]  # a second get starts over
 
 
 def test_decode_resize_inside_conversion(videos):
-    assert data.decode_frames(videos["mp4"], [3], size=96).shape == (1, 96, 128, 3)  # short side
-    assert data.decode_frames(videos["mp4"], [3], size=(30, 20)).shape == (1, 20, 30, 3)
-    assert data.decode_frames(videos["wide"], [3], size=35).shape == (1, 35, 70, 3)  # even width: fast path
+    assert video_decoder.decode_frames(videos["mp4"], [3], size=96).shape == (1, 96, 128, 3)  # short side
+    assert video_decoder.decode_frames(videos["mp4"], [3], size=(30, 20)).shape == (1, 20, 30, 3)
+    assert video_decoder.decode_frames(videos["wide"], [3], size=35).shape == (1, 35, 70, 3)  # even width: fast path
 
 
 def test_decode_variable_frame_rate(videos):
-    with data.VideoReader(videos["vfr"]) as r:
+    with video_decoder.VideoReader(videos["vfr"]) as r:
         got = [read_index(f) for f in r.get(range(r.num_frames))]
         slots = [round(p / 1000 * r.fps) for p in VFR_PTS]
     # frame k: the first frame whose time rounds to slot k, else the last one before
@@ -366,20 +369,20 @@ def test_decode_variable_frame_rate(videos):
 
 
 def test_decode_short_video_repeats(videos):
-    with data.VideoReader(videos["short"]) as r:
+    with video_decoder.VideoReader(videos["short"]) as r:
         idx = data.sample_indices(r.num_frames, 8, "eval")
         got = [read_index(f) for f in r.get(idx)]
     assert got == idx and len(set(got)) == 5
 
 
 def test_decode_estimate_too_high(videos):
-    with data.VideoReader(videos["mp4"]) as r:
+    with video_decoder.VideoReader(videos["mp4"]) as r:
         r.num_frames = 60  # the metadata overstates the length: the video ends early
         got = [read_index(f) for f in r.get(data.sample_indices(60, 6, "eval"))]
     assert got == [5, 15, 25, 35, 39, 39]  # last decoded frame reused
-    with data.VideoReader(videos["mp4"]) as r:
+    with video_decoder.VideoReader(videos["mp4"]) as r:
         r.num_frames = 200  # ends before half its stated length: truncated
-        with pytest.raises(data.DecodeError, match="truncated"):
+        with pytest.raises(video_decoder.DecodeError, match="truncated"):
             r.get([150])
 
 
@@ -391,24 +394,24 @@ def test_decode_seeks_over_long_gaps(videos, monkeypatch):
         seeks.append(a)
         return real_seek(self, *a, **k)
 
-    monkeypatch.setattr(data, "SEEK_GAP", 30)
+    monkeypatch.setattr(video_decoder, "SEEK_GAP", 30)
     monkeypatch.setattr(av.container.InputContainer, "seek", seek)
     idx = [3, 150, 151, 390, 399, 200]
-    with data.VideoReader(videos["long"]) as r:
+    with video_decoder.VideoReader(videos["long"]) as r:
         got = [read_index(f) % 256 for f in r.get(idx)]
     assert got == [i % 256 for i in idx] and len(seeks) >= 2
 
 
-@pytest.mark.parametrize("kind, error", [("missing", FileNotFoundError), ("empty", data.DecodeError),
+@pytest.mark.parametrize("kind, error", [("missing", FileNotFoundError), ("empty", video_decoder.DecodeError),
                                          ("corrupt", av.error.InvalidDataError), ("dir", OSError),
-                                         ("trunc_head", data.DecodeError)])
+                                         ("trunc_head", video_decoder.DecodeError)])
 def test_decode_bad_files_raise(videos, kind, error):
     with pytest.raises(error):
-        data.decode_frames(videos[kind], [0, 5, 39])
+        video_decoder.decode_frames(videos[kind], [0, 5, 39])
 
 
 def test_decode_truncated_tail_still_reads(videos):
-    got = [read_index(f) for f in data.decode_frames(videos["trunc_tail"], [0, 20, 39])]
+    got = [read_index(f) for f in video_decoder.decode_frames(videos["trunc_tail"], [0, 20, 39])]
     assert got[:2] == [0, 20] and got[2] <= 39
 
 
@@ -563,8 +566,8 @@ def test_training_replaces_bad_videos_and_counts(videos, caplog):
         assert index == 4 and label == 4 % 3 and clip.shape == (8, 3, 32, 32)  # the next readable one
         assert ok is False  # flags the bad video; the stand-in is trained on
         assert ds.num_failures() == 3
-        ds[1], ds[2]  # known bad: counted again, not decoded or logged again
-    assert ds.num_failures() == 3 + 3 + 2
+        ds[1], ds[2]  # known bad: not decoded or logged again
+    assert ds.num_failures() == 3  # distinct videos, however often they were met
     assert sorted(ds.failed_videos()) == ["corrupt.mp4", "empty.mp4", "missing.mp4"]
     assert not torch.equal(clip, ds[4][0])  # the stand-in is not a copy of sample 4's own clip
     assert len([r for r in caplog.records if "unreadable video" in r.getMessage()]) == 3
@@ -596,19 +599,20 @@ def test_failure_count_and_epoch_cross_worker_processes(videos):
     seen = {}
     for epoch in range(2):
         ds.set_epoch(epoch)
-        before, bad = ds.num_failures(), 0
+        bad = 0
         for batch in loader:
             assert batch["clips"].shape == (2, 8, 3, 32, 32) and batch["ok"].dtype == torch.bool
             bad += int((~batch["ok"]).sum())
             for c, i, ok in zip(batch["clips"], batch["index"].tolist(), batch["ok"].tolist()):
                 if ok:
                     seen[(epoch, i)] = c
-        assert bad == 2 and ds.num_failures() - before == 2  # counted inside the worker processes
+        assert bad == 2 and ds.num_failures() == 2  # found inside the worker processes, counted once
     ds.set_epoch(1)  # the workers used the epoch set in the main process
     assert torch.equal(seen[(1, 2)], ds[2][0]) and not torch.equal(seen[(0, 2)], seen[(1, 2)])
 
 
-def test_check_videos_and_command_line(videos, tmp_path, capsys):
+def test_check_videos_and_command_line(videos, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VIFI_CACHE", str(tmp_path / "cache"))  # missing.mp4 is looked up in the index of root
     root = os.path.dirname(videos["mp4"])
     samples = [(os.path.basename(videos[k]), 0) for k in ("mp4", "missing", "avi", "empty", "corrupt", "trunc_head")]
     bad = data.check_videos(root, samples)
@@ -621,6 +625,40 @@ def test_check_videos_and_command_line(videos, tmp_path, capsys):
     assert "missing.mp4\t" in out and "4 of 6 videos unreadable" in err
     data.write_list(lst, samples[:1])
     assert data.main(["--check", root, str(lst), str(tmp_path / "l.csv")]) == 0
+
+
+@pytest.mark.parametrize("list_text, labels_text, message", [
+    ("a.mp4\n", "id,name\n0,a\n", "l.txt:1: expected 'relative/path label'"),  # no label
+    ("a.mp4 0\nb.mp4 1\n", "id,name\n0,a\n", "l.txt:2: label 1 outside the 1 classes"),
+    ("a.mp4 0\nb.mp4 one\n", "id,name\n0,a\n", "l.txt:2: label 'one' is not an integer"),
+    ("a.mp4 0\n", "id,name\n0,a\n1,b\n0,c\n", "l.csv:4: duplicate class id 0 (first at line 2)"),
+    (None, "id,name\n0,a\n", "l.txt: No such file or directory"),
+    ("a.mp4 0\n", None, "l.csv: No such file or directory"),
+    (b"a\xff.mp4 0\n", "id,name\n0,a\n", "l.txt: not UTF-8 text"),
+])
+def test_check_command_refuses_bad_list_files_in_one_line(tmp_path, capsys, list_text, labels_text, message):
+    """Exit status 2 and one line on stderr naming the file (and the line), no traceback."""
+    for name, text in (("l.txt", list_text), ("l.csv", labels_text)):
+        if text is not None:
+            (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert data.main(["--check", str(tmp_path), str(tmp_path / "l.txt"), str(tmp_path / "l.csv")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and f"{tmp_path / message}" in err
+
+
+def test_check_command_exit_status_from_the_shell(tmp_path):
+    """The documented exit statuses, as a shell sees them (0 and 1: test_check_videos_and_command_line)."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data.py")
+    run = subprocess.run([sys.executable, script, "--check", str(tmp_path), str(tmp_path / "no.txt"),
+                          str(tmp_path / "no.csv")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "no.csv" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
+    assert all(f"{code} " in help_text.stdout.split("exit status")[1] for code in (0, 1, 2))
+    (tmp_path / "l.txt").write_text("a.mp4 0\n")
+    (tmp_path / "l.csv").write_text("id,name\n0,a\n")
+    assert data.main(["--check", str(tmp_path / "no_such_root"), str(tmp_path / "l.txt"),
+                      str(tmp_path / "l.csv")]) == 2  # a ROOT that is not a folder is a bad argument
 
 
 # ----------------------------------------------------------------------------------------------------------

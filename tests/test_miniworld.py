@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import clip_model
+import clip_weights
 import data
+import video_decoder
 import miniworld
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +65,7 @@ def test_the_pixels_show_the_label(reduced_world):
     names = data.read_labels(paths["labels"])
     by_name = {names[label]: rel for rel, label in data.read_list(paths["val"], len(names))}
     T = miniworld.REDUCED["frames"]
-    decode = lambda name: data.decode_frames(os.path.join(paths["root"], by_name[name]), list(range(T)))  # noqa: E731
+    decode = lambda name: video_decoder.decode_frames(os.path.join(paths["root"], by_name[name]), list(range(T)))  # noqa: E731
     mask = object_mask(decode("moving to the left"))
     xs = [np.nonzero(m)[1].mean() for m in mask]
     assert xs[-1] < xs[0] - 10  # pixels of a 64-pixel frame
@@ -145,7 +147,7 @@ def test_the_shipped_tiny_clip_loads_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("VIFI_CACHE", str(tmp_path))
     assert os.path.getsize(miniworld.ASSET) <= 15 * 2**20
     packed = torch.load(miniworld.ASSET, map_location="cpu", weights_only=True)
-    model = clip_model.load(miniworld.TINY_CLIP_NAME)
+    model = clip_weights.load(miniworld.TINY_CLIP_NAME)
     state_dict = model.state_dict()
     assert miniworld.state_dict_sha256(state_dict) == packed["sha256"]
     assert clip_model.model_config(state_dict) == miniworld.TINY_CONFIG

@@ -26,9 +26,10 @@ CELL_TIMEOUT = 600  # seconds for any one cell; a whole notebook should take 1-3
 def embedded_world():
     """Generate the world's videos (first time: up to ~2 minutes) and unpack the tiny CLIP, once per session."""
     import clip_model
+    import clip_weights
     import miniworld
     miniworld.ensure_world()
-    clip_model.load(clip_model.TINY_MODEL_NAME)
+    clip_weights.load(clip_weights.TINY_MODEL_NAME)
 
 
 def test_there_are_notebooks_and_they_are_small():
@@ -37,6 +38,7 @@ def test_there_are_notebooks_and_they_are_small():
         assert os.path.getsize(path) < 1_500_000, f"{path}: {os.path.getsize(path) / 1e6:.1f} MB"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p)[:-len(".ipynb")] for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path, embedded_world, tmp_path):
     nb = nbformat.read(path, as_version=4)

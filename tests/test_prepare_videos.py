@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import data
+import video_decoder
 import prepare_videos
 
 
@@ -45,7 +46,7 @@ def write_video(path, codec="libx264", n=40, size=(160, 96), pts_ms=None, rate=2
 
 
 def indices_of(path):
-    with data.VideoReader(path) as r:
+    with video_decoder.VideoReader(path) as r:
         return r.num_frames, [read_index(f) for f in r.get(list(range(r.num_frames)))]
 
 
@@ -114,7 +115,7 @@ def test_the_reader_seeks_over_two_keyframe_intervals_of_a_prepared_video(tmp_pa
     idx = [3, 40, 41, 120, 199, 60]  # 37, 79 and 79 frames apart: more than 2 x 16, a seek each
     for path, expected_seeks in ((src, 0), (dst, 3)):
         seeks.clear()
-        with data.VideoReader(path) as r:
+        with video_decoder.VideoReader(path) as r:
             assert [read_index(f) for f in r.get(idx)] == idx
         assert len(seeks) == expected_seeks
 
@@ -169,7 +170,7 @@ def test_a_killed_run_leaves_no_half_file_and_its_leftovers_are_cleared(tmp_path
     half = str(tmp_path / "half.mp4")
     with open(src, "rb") as f, open(half, "wb") as g:
         g.write(f.read()[: os.path.getsize(src) // 3])
-    with pytest.raises((data.DecodeError, av.error.FFmpegError)):
+    with pytest.raises((video_decoder.DecodeError, av.error.FFmpegError)):
         prepare_videos.transcode(half, str(tmp_path / "out" / "half.mp4"))
     assert os.listdir(os.path.dirname(dst)) == ["v.mp4"]
 

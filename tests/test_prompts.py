@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import clip_model
+import clip_weights
 import prompts
 from tokenizer import tokenize
 
@@ -37,16 +38,14 @@ def images():
 
 
 def record_block_io(transformer):
-    """Inputs and outputs of every layer of a Transformer, filled by forward hooks; returns (records, handles)."""
+    """Inputs and outputs of every layer of a Transformer, filled by hooks; returns (records, handles). A layer's input
+    is caught at its ln_1 (the last layer runs through clip_model.block_at, not the block's forward); its output is
+    the block's forward output (all layers but the last)."""
     inputs, outputs, handles = {}, {}, []
-
-    def hook(i):
-        def record(module, args, out):
-            inputs[i], outputs[i] = args[0].detach(), out.detach()
-        return record
-
     for i, block in enumerate(transformer.resblocks):
-        handles.append(block.register_forward_hook(hook(i)))
+        handles.append(block.ln_1.register_forward_pre_hook(
+            lambda module, args, i=i: inputs.__setitem__(i, args[0].detach())))
+        handles.append(block.register_forward_hook(lambda module, args, out, i=i: outputs.__setitem__(i, out.detach())))
     return inputs, outputs, handles
 
 
@@ -199,7 +198,7 @@ def test_prompt_checkpoint_holds_prompts_config_and_base_reference_only(clip, tm
     assert path.stat().st_size < 16_000  # kilobytes: no CLIP weights, no class-name buffers
     payload = prompts.read_prompts(str(path))
     assert sorted(payload["prompts"]) == ["text.0", "text.1", "vision.0", "vision.1"]
-    assert payload["base_model"] == dict(ref=str(base), sha256=clip_model.sha256_of(str(base)))
+    assert payload["base_model"] == dict(ref=str(base), sha256=clip_weights.sha256_of(str(base)))
     assert payload["config"] == learner.config()
 
     loaded, reference = prompts.load_prompts(str(path), clip)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import clip_model
+import clip_weights
 import prompts
 import vifi
 from tokenizer import tokenize
@@ -402,17 +403,40 @@ def test_authors_checkpoint_loads_and_gives_the_same_logits(clip, tmp_path, fake
         base.token_embedding.weight.copy_(trained.clip.token_embedding.weight)
     loaded = vifi.load_authors_checkpoint(str(path), NOVEL, base=base)
     assert loaded.normalization == "imagenet" and loaded.train_mode == "none"
-    assert loaded.prompts.config() == (dict(DEEP, ctx_init=None) if prompted else
-                                       dict(n_ctx_text=0, depth_text=0, n_ctx_vision=0, depth_vision=0, ctx_init=None))
+    assert loaded.prompts.config() == dict(DEEP if prompted else dict(n_ctx_text=0, depth_text=0, n_ctx_vision=0,
+                                                                      depth_vision=0), ctx_init="a photo of a")
     trained.set_class_names(NOVEL)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(videos()), trained.eval()(videos()), atol=0, rtol=0)
     # load_weights (train.py --init-from) reads the same file into an existing model
     target = build(base, train_mode="both", **(DEEP if prompted else {}))
-    vifi.load_weights(target, str(path))
+    loaded = vifi.load_weights(target, str(path))
+    assert loaded.format == "authors" and loaded.normalization == "imagenet" == target.normalization
+    assert loaded.keys == sorted(k for k in target.state_dict() if k != "clip.token_embedding.weight")
     target.set_class_names(NOVEL)
     with torch.no_grad():
         torch.testing.assert_close(target.eval()(videos()), trained(videos()), atol=0, rtol=0)
+
+
+def test_authors_prompts_shorter_than_their_init_words_keep_the_other_words(clip, tmp_path, fake_yacs):
+    """Their prompt learner with CTX_INIT "a photo of a" (4 tokens) and N_CTX_TEXT <= 4 learns the first N_CTX
+    tokens and keeps the rest as words of every class prompt: 2 tokens give "<sot> [ctx] of a {name}.". Started
+    from the words' own embeddings, that is plain CLIP's "a photo of a {name}." (not "a photo {name}.")."""
+    two = build(clip, train_mode="none", n_ctx_text=2, depth_text=1, ctx_init=None)
+    with torch.no_grad():
+        two.prompts.text[0].copy_(clip.token_embedding.weight[tokenize("a photo")[0, 1:3]])
+    torch.save({"model": authors_state_dict(two)}, tmp_path / "two_tokens.pth")
+    loaded = vifi.load_authors_checkpoint(str(tmp_path / "two_tokens.pth"), NAMES, base=clip)
+    assert loaded.templates == ("of a {}.",)
+    with torch.no_grad():
+        expected = F.normalize(clip.encode_text(tokenize([f"a photo of a {n.replace('_', ' ')}." for n in NAMES])),
+                               dim=-1)
+        torch.testing.assert_close(loaded.text_features(), expected)
+    # what the file does not say can be given (it used to be "TypeError: multiple values for ctx_init")
+    other = vifi.load_authors_checkpoint(str(tmp_path / "two_tokens.pth"), NAMES, base=clip, ctx_init=None)
+    assert other.templates == ("{}.",) and other.prompts.ctx_init is None
+    other = vifi.load_authors_checkpoint(str(tmp_path / "two_tokens.pth"), NAMES, base=clip, templates="{} video.")
+    assert other.templates == ("{} video.",)
 
 
 def test_authors_checkpoint_with_unknown_or_missing_keys_is_refused(clip, tmp_path, fake_yacs):
@@ -424,8 +448,34 @@ def test_authors_checkpoint_with_unknown_or_missing_keys_is_refused(clip, tmp_pa
         vifi.load_authors_checkpoint(str(tmp_path / "extra.pth"), NAMES, base=clip)
     missing = collections.OrderedDict((k, v) for k, v in state.items() if "ln_post.bias" not in k)
     torch.save({"model": missing}, tmp_path / "missing.pth")
-    with pytest.raises(ValueError, match=r"missing\.pth: missing CLIP weights \['visual\.ln_post\.bias'\]"):
+    with pytest.raises(ValueError, match=r"missing\.pth: .*missing \['clip\.visual\.ln_post\.bias'\]"):
         vifi.load_authors_checkpoint(str(tmp_path / "missing.pth"), NAMES, base=clip)
+
+
+def assert_refused_untouched(model, path, match):
+    """load_weights refuses the file, and the model keeps every value it had: nothing loads partly."""
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        vifi.load_weights(model, str(path))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_load_weights_refuses_an_authors_checkpoint_that_lacks_a_weight(clip, tmp_path, fake_yacs):
+    """The same rule as load_authors_checkpoint: every CLIP weight but the token embeddings, and every layer of the
+    prompts it holds. (Before: the base values stayed, without a word.)"""
+    trained = randomize_prompts(build(random_clip(seed=5), train_mode="none", **DEEP))
+    state = authors_state_dict(trained)
+    torch.save({"model": {k: v for k, v in state.items() if "ln_post.bias" not in k}}, tmp_path / "nobias.pth")
+    assert_refused_untouched(build(clip, **DEEP), tmp_path / "nobias.pth",
+                             r"nobias\.pth: .*missing \['clip\.visual\.ln_post\.bias'\]")
+    deepest = f"module.text_encoder.transformer.resblocks.{DEEP['depth_text'] - 1}.VPT_shallow"
+    torch.save({"model": {k: v for k, v in state.items() if k != deepest}}, tmp_path / "shallow.pth")
+    assert_refused_untouched(build(clip, **DEEP), tmp_path / "shallow.pth",
+                             rf"shallow\.pth: .*missing \['prompts\.text\.{DEEP['depth_text'] - 1}'\]")
+    # a shape error on the last key is found before anything is copied
+    wrong = dict(state, **{"module.logit_scale": torch.zeros(2)})
+    torch.save({"model": wrong}, tmp_path / "shape.pth")
+    assert_refused_untouched(build(clip, **DEEP), tmp_path / "shape.pth", r"shape\.pth: clip\.logit_scale has shape")
 
 
 def test_checkpoint_that_would_run_code_is_refused(tmp_path):
@@ -459,15 +509,49 @@ def test_load_weights_from_our_and_openai_names(clip, tmp_path):
     torch.save({"model": vifi.trainable_state_dict(source), "config": {"clip": "x"}}, tmp_path / "last.pt")
     target = build(clip, train_mode="prompts", **DEEP)
     loaded = vifi.load_weights(target, str(tmp_path / "last.pt"))
-    assert "clip.token_embedding.weight" not in loaded and "prompts.text.0" not in loaded  # 'both' trains neither
-    assert all(torch.equal(target.state_dict()[k], source.state_dict()[k]) for k in loaded)
+    assert loaded.format == "ours" and loaded.normalization is None and target.normalization == "clip"
+    assert "clip.token_embedding.weight" not in loaded.keys  # 'both' trains neither
+    assert "prompts.text.0" not in loaded.keys
+    assert all(torch.equal(target.state_dict()[k], source.state_dict()[k]) for k in loaded.keys)
+    # train.py's checkpoints carry the run's configuration: the weights keep the pixel statistics they learnt with
+    torch.save({"model": vifi.trainable_state_dict(source), "config": {"normalization": "imagenet"}},
+               tmp_path / "best.pt")
+    assert vifi.load_weights(target, str(tmp_path / "best.pt")).normalization == "imagenet" == target.normalization
     torch.save(source.clip.state_dict(), tmp_path / "clip.pt")  # OpenAI's names
-    target = build(clip, train_mode="both")
-    vifi.load_weights(target, str(tmp_path / "clip.pt"))
+    target = build(clip, train_mode="both", normalization="imagenet")
+    loaded = vifi.load_weights(target, str(tmp_path / "clip.pt"))
+    assert loaded.format == "openai" and loaded.normalization == "clip" == target.normalization
     assert all(torch.equal(v, source.clip.state_dict()[k]) for k, v in target.clip.state_dict().items())
     with pytest.raises(ValueError, match=r"clip\.pt: keys this model does not have"):
         torch.save(dict(source.clip.state_dict(), extra=torch.zeros(1)), tmp_path / "clip.pt")
         vifi.load_weights(target, str(tmp_path / "clip.pt"))
+
+
+def test_load_weights_refuses_files_without_the_models_weights(clip, tmp_path):
+    """train.py --init-from a file that holds none of the model's weights would train from the base model."""
+    for name, content in (("empty.pt", {}), ("empty_model.pt", {"model": {}, "config": {}})):
+        torch.save(content, tmp_path / name)
+        assert_refused_untouched(build(clip, **DEEP), tmp_path / name,
+                                 rf"{name.replace('.', '[.]')}: .*missing \['clip\.")
+
+
+def test_load_weights_takes_whole_parts_of_our_checkpoints(clip, tmp_path):
+    """train.py's checkpoints hold the trainable parameters only (a prompt run: the prompts); each part a file
+    holds (a tower, logit_scale, the token embeddings, the text or vision prompts) must be whole."""
+    source = randomize_prompts(build(random_clip(seed=7), train_mode="prompts", **DEEP))
+    torch.save({"model": vifi.trainable_state_dict(source)}, tmp_path / "best.pt")
+    target = build(clip, train_mode="prompts", **DEEP)
+    vifi.load_weights(target, str(tmp_path / "best.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(target.prompts.parameters(), source.prompts.parameters()))
+    assert torch.equal(target.clip.visual.conv1.weight, clip.visual.conv1.weight)  # not in the file: kept
+    partial = {k: v for k, v in vifi.trainable_state_dict(source).items() if k != "prompts.vision.1"}
+    torch.save({"model": partial}, tmp_path / "partial.pt")
+    assert_refused_untouched(build(clip, **DEEP), tmp_path / "partial.pt",
+                             r"partial\.pt: .*missing \['prompts\.vision\.1'\]")
+    both = build(random_clip(seed=7), train_mode="both")
+    partial = {k: v for k, v in vifi.trainable_state_dict(both).items() if k != "clip.ln_final.bias"}
+    torch.save({"model": partial}, tmp_path / "partial.pt")
+    assert_refused_untouched(build(clip), tmp_path / "partial.pt", r"partial\.pt: .*missing \['clip\.ln_final\.bias'\]")
 
 
 def test_prompt_checkpoint_round_trip_on_its_bridged_model(tmp_path):
@@ -481,7 +565,8 @@ def test_prompt_checkpoint_round_trip_on_its_bridged_model(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(videos()), model.eval()(videos()), atol=0, rtol=0)
     target = build(bridged, train_mode="prompts", **DEEP)  # load_weights also takes prompt checkpoints
-    vifi.load_weights(target, str(tmp_path / "prompts.pt"))
+    loaded = vifi.load_weights(target, str(tmp_path / "prompts.pt"))
+    assert loaded.format == "prompts" and loaded.normalization is None and target.normalization == "clip"
     assert all(torch.equal(a, b) for a, b in zip(target.prompts.parameters(), model.prompts.parameters()))
     torch.save(random_clip(seed=9).state_dict(), base_path)  # the bridged model changed under the prompts
     with pytest.raises(ValueError, match=r"prompts\.pt: its prompts were trained on .*bridged\.pt \(SHA-256"):
@@ -523,6 +608,33 @@ def test_classify_ranks_the_classes_of_a_video(clip, tmp_path):
     with torch.no_grad():
         expected = model.eval()(frames[None], class_names=NOVEL)[0].softmax(-1)
     assert dict(ranked) == pytest.approx(dict(zip(NOVEL, expected.tolist())), abs=1e-6)
+
+
+def test_readme_example_gives_the_authors_weights_their_pixel_statistics(tmp_path, fake_yacs, monkeypatch):
+    """README, "Your own video", as written but on the tiny CLIP: the authors' weights were trained on
+    ImageNet-normalised frames, so after load_weights classify must normalise with ImageNet's statistics."""
+    import data
+    trained = vifi.ViFiCLIP(clip_weights.load(clip_weights.TINY_MODEL_NAME), ["dancing", "swimming"], train_mode="none")
+    save_authors_checkpoint(tmp_path / "vifi_clip_k400.pth", trained, fake_yacs)
+    write_video(tmp_path / "my_video.mp4")
+    monkeypatch.chdir(tmp_path)
+    # the README's lines ("miniworld-tiny" for "ViT-B/16"; classify's answer kept for the checks below)
+    model = vifi.ViFiCLIP(clip_weights.load("miniworld-tiny"), ["dancing", "swimming"], templates="a photo of a {}.")
+    vifi.load_weights(model, "vifi_clip_k400.pth")      # optional: the authors' released ViFi-CLIP weights
+    ranked = vifi.classify(model, "my_video.mp4", ["dancing", "swimming", "cooking"])
+    print(ranked)
+
+    names = ["dancing", "swimming", "cooking"]
+
+    def probabilities(norm):  # what classify computes, on frames normalised with `norm`
+        frames = data.VideoDataset("", [("my_video.mp4", 0)], num_frames=8, norm=norm,
+                                   input_size=model.clip.visual.input_resolution).load(0)
+        with torch.no_grad():
+            return dict(zip(names, model.eval()(frames[None], class_names=names)[0].softmax(-1).tolist()))
+
+    assert model.normalization == "imagenet"
+    assert dict(ranked) == pytest.approx(probabilities("imagenet"), abs=1e-6)
+    assert dict(ranked) != pytest.approx(probabilities("clip"), abs=1e-6)
 
 
 def test_classify_in_bf16_agrees_with_fp32(clip, tmp_path):

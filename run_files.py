@@ -1,0 +1,84 @@
+"""What a training run leaves in --out, written so that nothing is lost: atomic checkpoints, a log that stays true
+across kills, the random states and the code version that make a resumed run exact, and the check that a resumed run
+is the run that was interrupted. train.py calls these; none of it is the paper's method.
+"""
+import json
+import os
+import random
+import re
+import subprocess
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def atomic_save(obj, path: str):
+    """torch.save to a temporary file in the same folder, flushed to disk, then renamed over the target: a crash at
+    any moment leaves either the old file or the new one, never half of one (and at most one temporary file, which
+    the next run removes)."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str, text: str):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def remove_stale_temporaries(out: str):
+    """The temporary files a killed run was writing (a run writes its own anew)."""
+    for name in os.listdir(out):
+        if re.fullmatch(r"(last|best)\.pt\.tmp\d*|(log\.jsonl|config\.json|metrics\.json)\.tmp", name):
+            os.remove(os.path.join(out, name))
+
+
+def rng_states() -> dict:
+    """Every random generator's state, in types that torch.load(weights_only=True) accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+    states = dict(python=random.getstate(), numpy=numpy_state, torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict):
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def code_version() -> str:
+    """The git commit the run's code came from ("-dirty" with uncommitted changes), for metrics.json."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def changed_flags(saved: dict, current, given: set, may_change: set) -> list:
+    """The flags given now (`given`) that would change a resumed run: those whose value differs from the
+    interrupted run's configuration (`saved`), apart from `may_change`. ["--lr 0.01 (the run has 0.0003)", ...]"""
+    return [f"--{name.replace('_', '-')} {getattr(current, name)} (the run has {saved[name]})"
+            for name in sorted(given - may_change) if name in saved and getattr(current, name) != saved[name]]
+
+
+def write_log(out: str, history: list):
+    """log.jsonl: one line per finished epoch, rewritten whole from the checkpointed history (a few lines)."""
+    atomic_write_text(os.path.join(out, "log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))

@@ -1,0 +1,147 @@
+"""The README as an executable specification: every command it shows runs, or is listed here as skipped with the reason.
+
+Commands are read from the README's indented code lines and `inline code` that start with python/python3/torchrun/bash,
+and its ```python blocks. Each must match one rule of COMMANDS below (a regular expression): RUN as written (in a
+temporary folder, so that `out/` lands there), RUN in a short mode (benchmarks: --quick), or SKIP with the reason
+(real datasets, a GPU, several machines). A command that matches no rule fails the test: a new README command comes
+with a rule. The runs marked slow are left out of the fast tier (`pytest -m "not slow"`).
+"""
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+import miniworld
+from conftest import assert_same_weights
+from test_vifi import fake_yacs, save_authors_checkpoint, write_video  # noqa: F401 (fake_yacs is a fixture)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+RUN, QUICK, SKIP = "run as written", "run in its short mode", "skip"
+
+# (pattern, what to do, reason). The first rule that matches a command decides.
+COMMANDS = [
+    (r"-m pytest|^bash \.ci/run$", SKIP, "the test suite itself (CI runs it: bash .ci/run)"),
+    (r"--nnodes", SKIP, "needs several machines"),
+    (r"benchmarks/gpu_checks\.py", SKIP, "needs a CUDA GPU"),
+    (r"^python3? data\.py --check ROOT LIST LABELS", RUN, ""),  # on the embedded world's toy-hmdb
+    (r"--data-root (?!\S*world)|--target-roots|--dataset (hmdb51|ucf101|k400|k600|ssv2|custom)|kinetics_lists\.py|"
+     r"prepare_videos\.py \S+ \S+ \S+$|^(?:.*&& )?(python3? )?\S*data\.py --check (?!\S*world)(/|[A-Z])", SKIP,
+     "needs a real dataset or the user's files"),
+    (r"--init-from (?!out/)", SKIP, "needs weights trained on a real dataset"),
+    (r"^(python3? -m pip install (-q )?-r requirements\.txt && )?python3? train\.py --setting fewshot --k 16$", RUN, ""),
+    (r"^torchrun --nproc_per_node=2 train\.py --setting fewshot --k 16$", RUN, ""),
+    (r"^python3? benchmarks/\w+\.py", QUICK, ""),
+]
+
+
+def readme_commands(text: str) -> list:
+    """Shell commands of the README: indented code lines and inline code that start with a program we run."""
+    starts = r"(?:python3?|torchrun|bash) "
+    text = re.sub(r"\\\n\s*", "", text)  # a command continued on the next line with a backslash
+    found = [line.strip() for line in text.splitlines() if re.match(r"^    " + starts, line)]
+    found += re.findall(r"`(" + starts + r"[^`]+)`", text)
+    return list(dict.fromkeys(c.strip() for c in found))  # in order, once each
+
+
+def python_blocks(text: str) -> list:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def rule_for(command: str):
+    for pattern, action, reason in COMMANDS:
+        if re.search(pattern, command):
+            return action, reason
+    return None, None
+
+
+def test_every_readme_command_has_a_rule():
+    commands = readme_commands(open(README).read())
+    assert any("train.py --setting fewshot --k 16" in c for c in commands), "the README lost its main command"
+    unknown = [c for c in commands if rule_for(c)[0] is None]
+    assert not unknown, f"README commands without a rule in tests/test_readme.py: {unknown}"
+    for c in commands:  # the skipped ones, by name and reason, in the test log
+        action, reason = rule_for(c)
+        print(f"{action:>22}: {c}" + (f"  ({reason})" if reason else ""))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def shell(command: str, cwd, timeout=1200) -> subprocess.CompletedProcess:
+    """The command as a user types it, with the project's scripts found from any folder."""
+    words = [os.path.join(ROOT, w) if w.endswith(".py") and os.path.isfile(os.path.join(ROOT, w)) else w
+             for w in shlex.split(command.split("&& ")[-1])]  # the install before && is CI's own first step
+    env = dict(os.environ, PET_MASTER_PORT=str(free_port()), PET_MASTER_ADDR="127.0.0.1", PYTHONPATH=ROOT)
+    return subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def runnable(action):
+    return [c for c in readme_commands(open(README).read()) if rule_for(c)[0] == action]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", runnable(RUN))
+def test_readme_command_runs(command, tmp_path):
+    world = miniworld.dataset_paths("toy-hmdb")
+    command = command.replace("ROOT LIST LABELS", f"{world['root']} {world['val']} {world['labels']}")
+    result = shell(command, tmp_path)
+    assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    if "train.py" in command:  # the main job: a result on the embedded world's validation set
+        metrics = json.load(open(tmp_path / "out" / "metrics.json"))
+        assert metrics["reports"]["toy-hmdb val"]["videos"] == len(data.read_list(world["val"]))
+        assert metrics["summary"]["top1"] > 100 / len(miniworld.TOY_HMDB)  # above chance
+        print(f"{command}: top-1 {metrics['summary']['top1']:.1f}, {metrics['world_size']} processes")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", runnable(QUICK))
+def test_readme_benchmark_runs_in_its_short_mode(command, tmp_path):
+    result = shell(command + " --quick", tmp_path, timeout=600)
+    assert result.returncode == 0, f"{command} --quick\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    assert result.stdout.strip(), "a benchmark prints its figures"
+
+
+def test_readme_python_snippets_run(tmp_path, fake_yacs, monkeypatch):
+    """Each ```python block, on the tiny CLIP: "ViT-B/16" -> the tiny model, the authors' released weights -> tiny
+    weights saved in the authors' layout, "my_video.mp4" -> a rendered video."""
+    import clip_model
+    import clip_weights
+    import vifi
+    blocks = python_blocks(open(README).read())
+    assert blocks, "the README shows how to classify one's own video"
+    trained = vifi.ViFiCLIP(clip_weights.load(clip_weights.TINY_MODEL_NAME), ["dancing", "swimming"], train_mode="none")
+    save_authors_checkpoint(tmp_path / "vifi_clip_k400.pth", trained, fake_yacs)
+    write_video(tmp_path / "my_video.mp4")
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        code = block.replace('"ViT-B/16"', f'"{clip_weights.TINY_MODEL_NAME}"')
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+
+
+@pytest.mark.slow
+def test_one_and_two_processes_end_with_the_same_top1(tmp_path):
+    """The README's main command, cut short (one epoch, 4 steps), on 1 process and with torchrun on 2: the same
+    global batches, so the same model up to the order of floating-point sums, and the same top-1."""
+    main = "train.py --setting fewshot --k 16 --epochs 1 --max-steps 4"
+    for name in ("one", "two"):
+        os.makedirs(tmp_path / name)
+    one = shell(f"python3 {main}", tmp_path / "one")
+    two = shell(f"torchrun --nproc_per_node=2 {main}", tmp_path / "two")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    assert "batch 8 = 8 x 1 processes x 1 accumulation" in one.stdout  # the split is the program's, and reported
+    assert "batch 8 = 4 x 2 processes x 1 accumulation" in two.stdout
+    a, b = (json.load(open(tmp_path / d / "out" / "metrics.json")) for d in ("one", "two"))
+    assert a["summary"]["top1"] == b["summary"]["top1"]
+    assert_same_weights(*(torch.load(tmp_path / d / "out" / "last.pt", weights_only=True)["model"]
+                          for d in ("one", "two")))
