@@ -95,7 +95,7 @@ def _frames(container, stream):
             yield from packet.decode()
         except av.error.InvalidDataError:
             errors += 1
-            if errors > data.MAX_PACKET_ERRORS:
+            if errors > video_decoder.MAX_PACKET_ERRORS:
                 raise video_decoder.DecodeError("too many corrupt packets") from None
 
 
@@ -152,7 +152,7 @@ def transcode(src, dst, short_side=SHORT_SIDE, gop=GOP):
                     out.mux(video.encode(small))
                     frames_written += 1
                 expected = _expected_frames(source, stream, rate)
-                if frames_written == 0 or frames_written < data.MIN_COVERAGE * expected:
+                if frames_written == 0 or frames_written < video_decoder.MIN_COVERAGE * expected:
                     raise video_decoder.DecodeError(f"truncated: {frames_written} of {expected} frames decodable")
                 out.mux(video.encode())
         with open(tmp, "rb+") as f:

@@ -46,6 +46,7 @@ import miniworld
 import protocols
 import run_files
 import vifi
+import vifi_weights
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Configuration: every flag with its help; None means "the setting's default" (the tables below)
@@ -343,7 +344,7 @@ def build_model(cfg: Config, class_names: list, rt: Runtime) -> vifi.ViFiCLIP:
     if cfg.init_from:
         if not os.path.isfile(cfg.init_from):
             raise UserError(f"--init-from {cfg.init_from}: no such file")
-        loaded = vifi.load_weights(model, cfg.init_from)
+        loaded = vifi_weights.load_weights(model, cfg.init_from)
         if cfg.normalization is None:  # "imagenet" for the authors' released weights, the run's own for ours
             cfg.normalization = loaded.normalization
     cfg.normalization = model.normalization = cfg.normalization or "clip"
