@@ -32,14 +32,6 @@ def world(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("clip") / "tiny.pt"
-    torch.save(clip_model.CLIP(**miniworld.TINY_CONFIG).state_dict(), path)
-    return str(path)
-
-
 def run(out, world, clip, *args):
     """train.main in this process, on the reduced world, one epoch unless told otherwise."""
     argv = ["--reduced-world", "--data-root", world, "--clip", clip, "--workers", "0", "--out", str(out),
