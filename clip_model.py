@@ -250,7 +250,8 @@ class CLIP(nn.Module):
         sequence is cut after the batch's last end token, and the last layer computes the end token only (see
         block_at). Same result as running all 77 positions, several times faster for short prompts such as class
         names.
-        prompts ([n_ctx, W]) are inserted after the start token; the sequence is then cut back to context_length.
+        prompts ([n_ctx, W]) are inserted after the start token, which moves the end tokens n_ctx positions on; the
+        longest prompted text must still fit in context_length.
         """
         n_ctx = 0 if prompts is None else prompts.shape[0]
         eot = text.argmax(dim=-1) + n_ctx  # [N]: the end token has the largest id (49407) in CLIP's vocabulary
