@@ -72,11 +72,24 @@ def code_version() -> str:
         return "unknown"
 
 
-def changed_flags(saved: dict, current, given: set, may_change: set) -> list:
-    """The flags given now (`given`) that would change a resumed run: those whose value differs from the
-    interrupted run's configuration (`saved`), apart from `may_change`. ["--lr 0.01 (the run has 0.0003)", ...]"""
-    return [f"--{name.replace('_', '-')} {getattr(current, name)} (the run has {saved[name]})"
-            for name in sorted(given - may_change) if name in saved and getattr(current, name) != saved[name]]
+def prepare_resume(cfg, given: set, may_change: set) -> tuple:
+    """(the checkpoint to resume from, the interrupted run's configuration) for --resume. The run's flags come from
+    its checkpoint; a flag given now (`given`) that would change what the run computes must equal the interrupted
+    run's value, so we refuse rather than mix two runs in one. Flags in `may_change` take this command's values."""
+    path = os.path.join(cfg.out, "last.pt") if cfg.resume == "last.pt" else cfg.resume
+    if not os.path.isfile(path):
+        raise ValueError(f"--resume: {path} does not exist (nothing to resume; start the run without --resume)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    saved = dict(checkpoint["config"])
+    changed = [f"--{name.replace('_', '-')} {getattr(cfg, name)} (the run has {saved[name]})"
+               for name in sorted(given - may_change) if name in saved and getattr(cfg, name) != saved[name]]
+    if changed:
+        raise ValueError(f"--resume {path}: these flags would change the run: {'; '.join(changed)}")
+    for name in may_change:  # this command's, given or default (workers: chosen anew for this machine)
+        saved[name] = getattr(cfg, name)
+    saved.update(out=cfg.out if "out" in given or cfg.resume == "last.pt" else os.path.dirname(path) or ".",
+                 resume=path)
+    return checkpoint, type(cfg)(**saved)
 
 
 def write_log(out: str, history: list):

@@ -37,15 +37,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 import clip_weights
 import data
 import evaluation
+import global_batches
 import miniworld
 import protocols
 import run_files
 import vifi
+import vifi_weights
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Configuration: every flag with its help; None means "the setting's default" (the tables below)
@@ -267,60 +269,7 @@ def reduce_sum(values: list, rt: Runtime) -> list:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Batches: the same global batches, split the same way into micro-batches, whatever the number of processes
-
-
-def plan_batches(cfg: Config, rt: Runtime, num_videos: int) -> tuple:
-    """(global batch, micro-batch, accumulation steps, optimizer steps per epoch). Each process takes batch/W videos
-    per step, in micro-batches with gradient accumulation. Without --micro-batch, the micro-batch is the largest
-    divisor of batch/W up to --max-micro-batch: for every paper setting on 1 to 16 processes that is the same 4."""
-    W, batch = rt.world_size, cfg.batch_size
-    if num_videos < batch:  # a small K-shot set: one step per epoch with (nearly) every video rather than no step
-        batch = num_videos - num_videos % W
-        log(rt, f"note: {num_videos} training videos < batch {cfg.batch_size}; using batch {batch}")
-    if batch < W:
-        raise UserError(f"{num_videos} training videos are fewer than one per process ({W} processes)")
-    if batch % W:
-        raise UserError(f"--batch-size {batch} cannot be shared by {W} processes; pick a multiple of {W}")
-    share, micro = batch // W, cfg.micro_batch
-    if micro is None:
-        micro = max(m for m in range(1, min(cfg.max_micro_batch, share) + 1) if share % m == 0)
-    elif share % micro:
-        raise UserError(f"--batch-size {batch} is not a multiple of --micro-batch {micro} x {W} processes; "
-                        f"leave --micro-batch out to have it chosen")
-    return batch, micro, share // micro, num_videos // batch
-
-
-class GlobalBatchSampler(Sampler):
-    """This process's share of each epoch's global batches. The epoch's order is a permutation drawn from
-    (seed, epoch); optimizer step s takes its positions [s*B, (s+1)*B), cut into B/m global micro-batches of m videos.
-    Process r of W takes the micro-batches r*A .. (r+1)*A - 1 of every step (A accumulation steps), so the
-    micro-batches, and all that is computed per micro-batch (mixup pairs, the loss mean), are the same on 1 process
-    or 8. start_step: resume in the middle of an epoch."""
-
-    def __init__(self, num_videos: int, batch: int, micro_batch: int, rt: Runtime, seed: int):
-        self.num_videos, self.batch, self.micro, self.rank, self.seed = num_videos, batch, micro_batch, rt.rank, seed
-        self.accumulation = batch // (micro_batch * rt.world_size)
-        self.steps = num_videos // batch  # the last incomplete batch is dropped, as the authors do
-        self.epoch, self.start_step = 0, 0
-
-    def set_epoch(self, epoch: int, start_step: int = 0):
-        self.epoch, self.start_step = epoch, start_step
-
-    def global_micro_index(self, step: int, i: int) -> int:
-        """The run-wide index of this process's i-th micro-batch of optimizer step `step` (it seeds mixup)."""
-        return step * (self.batch // self.micro) + self.rank * self.accumulation + i
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)  # DistributedSampler's permutation for 1 process
-        order = torch.randperm(self.num_videos, generator=g).tolist()
-        share = self.micro * self.accumulation
-        for s in range(self.start_step, self.steps):
-            first = s * self.batch + self.rank * share
-            yield from order[first:first + share]
-
-    def __len__(self):
-        return (self.steps - self.start_step) * self.micro * self.accumulation
+# The model and its data
 
 
 def video_dataset(split: protocols.Split, cfg: Config, train: bool, num_clips=1, num_crops=1) -> data.VideoDataset:
@@ -344,7 +293,7 @@ def build_model(cfg: Config, class_names: list, rt: Runtime) -> vifi.ViFiCLIP:
     if cfg.init_from:
         if not os.path.isfile(cfg.init_from):
             raise UserError(f"--init-from {cfg.init_from}: no such file")
-        loaded = vifi.load_weights(model, cfg.init_from)
+        loaded = vifi_weights.load_weights(model, cfg.init_from)
         if cfg.normalization is None:  # "imagenet" for the authors' released weights, the run's own for ours
             cfg.normalization = loaded.normalization
     cfg.normalization = model.normalization = cfg.normalization or "clip"
@@ -383,29 +332,11 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 # Setup: everything that can fail on the user's input, before compute is spent
 
 
-def prepare_resume(cfg: Config, given: set) -> tuple:
-    """(the checkpoint to resume from, the interrupted run's configuration). A flag given now that would change what
-    the run computes must equal the interrupted run's value: we refuse rather than mix two runs in one."""
-    path = os.path.join(cfg.out, "last.pt") if cfg.resume == "last.pt" else cfg.resume
-    if not os.path.isfile(path):
-        raise UserError(f"--resume: {path} does not exist (nothing to resume; start the run without --resume)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    saved = dict(checkpoint["config"])
-    changed = run_files.changed_flags(saved, cfg, given, RESUME_MAY_CHANGE)
-    if changed:
-        raise UserError(f"--resume {path}: these flags would change the run: {'; '.join(changed)}")
-    for name in RESUME_MAY_CHANGE:  # this command's, given or default (workers: chosen anew for this machine)
-        saved[name] = getattr(cfg, name)
-    saved.update(out=cfg.out if "out" in given or cfg.resume == "last.pt" else os.path.dirname(path) or ".",
-                 resume=path)
-    return checkpoint, Config(**saved)
-
-
 def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
     """(cfg, checkpoint to resume or None, training Split, evaluation Splits, model, batch plan or None). A failure
     is a UserError whose one line names the flag or the file."""
     try:
-        checkpoint, cfg = prepare_resume(cfg, given) if cfg.resume else (None, cfg)
+        checkpoint, cfg = run_files.prepare_resume(cfg, given, RESUME_MAY_CHANGE) if cfg.resume else (None, cfg)
         if cfg.precision == "fp16" and rt.device.type != "cuda":
             raise UserError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
         if cfg.precision == "auto":  # training stays fp32; evaluating alone runs in what this device does fastest
@@ -415,7 +346,8 @@ def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
         np.random.seed(cfg.seed)
         train_split, evals = build_splits(cfg)  # lists checked against the videos on disk, before any weights
         model = build_model(cfg, train_split.class_names, rt)
-        plan = None if cfg.eval_only or cfg.train == "none" else plan_batches(cfg, rt, len(train_split.samples))
+        plan = None if cfg.eval_only or cfg.train == "none" else global_batches.plan_batches(
+            cfg, rt, len(train_split.samples))
         cfg.micro_batch = plan[1] if plan else cfg.micro_batch or cfg.max_micro_batch
     except INPUT_ERRORS as e:
         raise (e if isinstance(e, UserError) else UserError(str(e))) from e
@@ -473,7 +405,9 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
         run_files.write_log(cfg.out, state["history"])
 
     dataset = video_dataset(train_split, cfg, train=True)
-    sampler = GlobalBatchSampler(len(dataset), batch, cfg.micro_batch, rt, cfg.seed)
+    sampler = global_batches.GlobalBatchSampler(len(dataset), batch, cfg.micro_batch, rt, cfg.seed)
+    if batch < cfg.batch_size:  # a small K-shot set: one step per epoch with (nearly) every video, not no step
+        log(rt, f"note: {len(dataset)} training videos < batch {cfg.batch_size}; using batch {batch}")
     log(rt, f"batch {batch} = {cfg.micro_batch} x {rt.world_size} processes x {accumulation} accumulation; "
             f"{steps_per_epoch} steps/epoch, {total_steps} steps")
     num_classes = len(train_split.class_names)

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 import clip_model  # noqa: E402
 import tokenizer  # noqa: E402
 import vifi  # noqa: E402
+import vifi_weights  # noqa: E402
 from bench_clip import HMDB51  # noqa: E402
 from conftest import _load_openai_module  # noqa: E402  (OpenAI's clip/model.py, loaded without its __init__)
 
@@ -72,7 +73,7 @@ def world_agreement(init_from=None, limit=None, batch=8):
     model = vifi.ViFiCLIP(clip_model.load(clip_model.TINY_MODEL_NAME), names, train_mode="none",
                           templates=vifi.FINETUNE_TEMPLATE if init_from else vifi.ZERO_SHOT_TEMPLATE).eval()
     if init_from:
-        vifi.load_weights(model, init_from)
+        vifi_weights.load_weights(model, init_from)
     dataset = data.VideoDataset(paths["root"], samples, num_frames=8, input_size=model.clip.visual.input_resolution)
     clips = torch.stack([dataset.load(i) for i in range(len(samples))])  # [N, 8, 3, S, S]
     labels = torch.tensor([y for _, y in samples])

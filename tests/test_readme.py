@@ -23,7 +23,7 @@ from conftest import assert_same_weights
 from test_vifi import fake_yacs, save_authors_checkpoint, write_video  # noqa: F401 (fake_yacs is a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = os.path.join(ROOT, "README.md")
+READMES = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "benchmarks", "README.md")]
 RUN, QUICK, SKIP = "run as written", "run in its short mode", "skip"
 
 # (pattern, what to do, reason). The first rule that matches a command decides.
@@ -32,14 +32,20 @@ COMMANDS = [
     (r"--nnodes", SKIP, "needs several machines"),
     (r"benchmarks/gpu_checks\.py", SKIP, "needs a CUDA GPU"),
     (r"^python3? data\.py --check ROOT LIST LABELS", RUN, ""),  # on the embedded world's toy-hmdb
+    (r"^python3? prepare_videos\.py K400 train\.txt K400_256", RUN, ""),  # on 20 of the world's videos
+    (r"^python3? train\.py --help$", RUN, ""),
     (r"--data-root (?!\S*world)|--target-roots|--dataset (hmdb51|ucf101|k400|k600|ssv2|custom)|kinetics_lists\.py|"
-     r"prepare_videos\.py \S+ \S+ \S+$|^(?:.*&& )?(python3? )?\S*data\.py --check (?!\S*world)(/|[A-Z])", SKIP,
+     r"^(?:.*&& )?(python3? )?\S*data\.py --check (?!\S*world)(/|[A-Z])", SKIP,
      "needs a real dataset or the user's files"),
     (r"--init-from (?!out/)", SKIP, "needs weights trained on a real dataset"),
     (r"^(python3? -m pip install (-q )?-r requirements\.txt && )?python3? train\.py --setting fewshot --k 16$", RUN, ""),
     (r"^torchrun --nproc_per_node=2 train\.py --setting fewshot --k 16$", RUN, ""),
     (r"^python3? benchmarks/\w+\.py", QUICK, ""),
 ]
+
+
+def readme_text() -> str:
+    return "\n".join(open(path).read() for path in READMES)
 
 
 def readme_commands(text: str) -> list:
@@ -63,7 +69,7 @@ def rule_for(command: str):
 
 
 def test_every_readme_command_has_a_rule():
-    commands = readme_commands(open(README).read())
+    commands = readme_commands(readme_text())
     assert any("train.py --setting fewshot --k 16" in c for c in commands), "the README lost its main command"
     unknown = [c for c in commands if rule_for(c)[0] is None]
     assert not unknown, f"README commands without a rule in tests/test_readme.py: {unknown}"
@@ -87,17 +93,21 @@ def shell(command: str, cwd, timeout=1200) -> subprocess.CompletedProcess:
 
 
 def runnable(action):
-    return [c for c in readme_commands(open(README).read()) if rule_for(c)[0] == action]
+    return [c for c in readme_commands(readme_text()) if rule_for(c)[0] == action]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", runnable(RUN))
 def test_readme_command_runs(command, tmp_path):
     world = miniworld.dataset_paths("toy-hmdb")
+    data.write_list(tmp_path / "twenty.txt", data.read_list(world["val"])[:20])
     command = command.replace("ROOT LIST LABELS", f"{world['root']} {world['val']} {world['labels']}")
+    command = command.replace("K400 train.txt K400_256", f"{world['root']} {tmp_path / 'twenty.txt'} {tmp_path / 'prepared'}")
     result = shell(command, tmp_path)
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    if "train.py" in command:  # the main job: a result on the embedded world's validation set
+    if "prepare_videos.py" in command:  # every listed video re-encoded, at its listed path
+        assert all(os.path.isfile(tmp_path / "prepared" / p) for p, _ in data.read_list(tmp_path / "twenty.txt"))
+    if "train.py --setting" in command:  # the main job: a result on the embedded world's validation set
         metrics = json.load(open(tmp_path / "out" / "metrics.json"))
         assert metrics["reports"]["toy-hmdb val"]["videos"] == len(data.read_list(world["val"]))
         assert metrics["summary"]["top1"] > 100 / len(miniworld.TOY_HMDB)  # above chance
@@ -118,7 +128,7 @@ def test_readme_python_snippets_run(tmp_path, fake_yacs, monkeypatch):
     import clip_model
     import clip_weights
     import vifi
-    blocks = python_blocks(open(README).read())
+    blocks = python_blocks(readme_text())
     assert blocks, "the README shows how to classify one's own video"
     trained = vifi.ViFiCLIP(clip_weights.load(clip_weights.TINY_MODEL_NAME), ["dancing", "swimming"], train_mode="none")
     save_authors_checkpoint(tmp_path / "vifi_clip_k400.pth", trained, fake_yacs)

@@ -20,6 +20,7 @@ import clip_model
 import clip_weights
 import prompts
 import vifi
+import vifi_weights
 from tokenizer import tokenize
 
 SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=3, vision_width=64, vision_patch_size=8,
@@ -401,7 +402,7 @@ def test_authors_checkpoint_loads_and_gives_the_same_logits(clip, tmp_path, fake
     base = random_clip(seed=6)
     with torch.no_grad():
         base.token_embedding.weight.copy_(trained.clip.token_embedding.weight)
-    loaded = vifi.load_authors_checkpoint(str(path), NOVEL, base=base)
+    loaded = vifi_weights.load_authors_checkpoint(str(path), NOVEL, base=base)
     assert loaded.normalization == "imagenet" and loaded.train_mode == "none"
     assert loaded.prompts.config() == dict(DEEP if prompted else dict(n_ctx_text=0, depth_text=0, n_ctx_vision=0,
                                                                       depth_vision=0), ctx_init="a photo of a")
@@ -410,7 +411,7 @@ def test_authors_checkpoint_loads_and_gives_the_same_logits(clip, tmp_path, fake
         torch.testing.assert_close(loaded.eval()(videos()), trained.eval()(videos()), atol=0, rtol=0)
     # load_weights (train.py --init-from) reads the same file into an existing model
     target = build(base, train_mode="both", **(DEEP if prompted else {}))
-    loaded = vifi.load_weights(target, str(path))
+    loaded = vifi_weights.load_weights(target, str(path))
     assert loaded.format == "authors" and loaded.normalization == "imagenet" == target.normalization
     assert loaded.keys == sorted(k for k in target.state_dict() if k != "clip.token_embedding.weight")
     target.set_class_names(NOVEL)
@@ -426,16 +427,16 @@ def test_authors_prompts_shorter_than_their_init_words_keep_the_other_words(clip
     with torch.no_grad():
         two.prompts.text[0].copy_(clip.token_embedding.weight[tokenize("a photo")[0, 1:3]])
     torch.save({"model": authors_state_dict(two)}, tmp_path / "two_tokens.pth")
-    loaded = vifi.load_authors_checkpoint(str(tmp_path / "two_tokens.pth"), NAMES, base=clip)
+    loaded = vifi_weights.load_authors_checkpoint(str(tmp_path / "two_tokens.pth"), NAMES, base=clip)
     assert loaded.templates == ("of a {}.",)
     with torch.no_grad():
         expected = F.normalize(clip.encode_text(tokenize([f"a photo of a {n.replace('_', ' ')}." for n in NAMES])),
                                dim=-1)
         torch.testing.assert_close(loaded.text_features(), expected)
     # what the file does not say can be given (it used to be "TypeError: multiple values for ctx_init")
-    other = vifi.load_authors_checkpoint(str(tmp_path / "two_tokens.pth"), NAMES, base=clip, ctx_init=None)
+    other = vifi_weights.load_authors_checkpoint(str(tmp_path / "two_tokens.pth"), NAMES, base=clip, ctx_init=None)
     assert other.templates == ("{}.",) and other.prompts.ctx_init is None
-    other = vifi.load_authors_checkpoint(str(tmp_path / "two_tokens.pth"), NAMES, base=clip, templates="{} video.")
+    other = vifi_weights.load_authors_checkpoint(str(tmp_path / "two_tokens.pth"), NAMES, base=clip, templates="{} video.")
     assert other.templates == ("{} video.",)
 
 
@@ -445,18 +446,18 @@ def test_authors_checkpoint_with_unknown_or_missing_keys_is_refused(clip, tmp_pa
     extra = collections.OrderedDict(state, **{"module.temporal_transformer.weight": torch.zeros(1)})
     torch.save({"model": extra}, tmp_path / "extra.pth")
     with pytest.raises(ValueError, match=r"extra\.pth: keys that are not part of .*temporal_transformer"):
-        vifi.load_authors_checkpoint(str(tmp_path / "extra.pth"), NAMES, base=clip)
+        vifi_weights.load_authors_checkpoint(str(tmp_path / "extra.pth"), NAMES, base=clip)
     missing = collections.OrderedDict((k, v) for k, v in state.items() if "ln_post.bias" not in k)
     torch.save({"model": missing}, tmp_path / "missing.pth")
     with pytest.raises(ValueError, match=r"missing\.pth: .*missing \['clip\.visual\.ln_post\.bias'\]"):
-        vifi.load_authors_checkpoint(str(tmp_path / "missing.pth"), NAMES, base=clip)
+        vifi_weights.load_authors_checkpoint(str(tmp_path / "missing.pth"), NAMES, base=clip)
 
 
 def assert_refused_untouched(model, path, match):
     """load_weights refuses the file, and the model keeps every value it had: nothing loads partly."""
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=match):
-        vifi.load_weights(model, str(path))
+        vifi_weights.load_weights(model, str(path))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
@@ -487,8 +488,8 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"model": {"logit_scale": torch.zeros(())}, "config": Payload()}, path)
-    with pytest.raises(vifi.UnsafeCheckpointError, match=r"evil\.pth: refusing to unpickle (posix|nt)\.mkdir"):
-        vifi.read_checkpoint(str(path))
+    with pytest.raises(vifi_weights.UnsafeCheckpointError, match=r"evil\.pth: refusing to unpickle (posix|nt)\.mkdir"):
+        vifi_weights.read_checkpoint(str(path))
     assert not marker.exists()
 
 
@@ -497,7 +498,7 @@ def test_damaged_checkpoint_is_named(tmp_path):
     torch.save({"model": {"w": torch.zeros(1000)}}, path)
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(RuntimeError, match=r"half\.pth: cannot read checkpoint"):
-        vifi.read_checkpoint(str(path))
+        vifi_weights.read_checkpoint(str(path))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -508,7 +509,7 @@ def test_load_weights_from_our_and_openai_names(clip, tmp_path):
     source = randomize_prompts(build(random_clip(seed=7), train_mode="both", **DEEP))
     torch.save({"model": vifi.trainable_state_dict(source), "config": {"clip": "x"}}, tmp_path / "last.pt")
     target = build(clip, train_mode="prompts", **DEEP)
-    loaded = vifi.load_weights(target, str(tmp_path / "last.pt"))
+    loaded = vifi_weights.load_weights(target, str(tmp_path / "last.pt"))
     assert loaded.format == "ours" and loaded.normalization is None and target.normalization == "clip"
     assert "clip.token_embedding.weight" not in loaded.keys  # 'both' trains neither
     assert "prompts.text.0" not in loaded.keys
@@ -516,15 +517,15 @@ def test_load_weights_from_our_and_openai_names(clip, tmp_path):
     # train.py's checkpoints carry the run's configuration: the weights keep the pixel statistics they learnt with
     torch.save({"model": vifi.trainable_state_dict(source), "config": {"normalization": "imagenet"}},
                tmp_path / "best.pt")
-    assert vifi.load_weights(target, str(tmp_path / "best.pt")).normalization == "imagenet" == target.normalization
+    assert vifi_weights.load_weights(target, str(tmp_path / "best.pt")).normalization == "imagenet" == target.normalization
     torch.save(source.clip.state_dict(), tmp_path / "clip.pt")  # OpenAI's names
     target = build(clip, train_mode="both", normalization="imagenet")
-    loaded = vifi.load_weights(target, str(tmp_path / "clip.pt"))
+    loaded = vifi_weights.load_weights(target, str(tmp_path / "clip.pt"))
     assert loaded.format == "openai" and loaded.normalization == "clip" == target.normalization
     assert all(torch.equal(v, source.clip.state_dict()[k]) for k, v in target.clip.state_dict().items())
     with pytest.raises(ValueError, match=r"clip\.pt: keys this model does not have"):
         torch.save(dict(source.clip.state_dict(), extra=torch.zeros(1)), tmp_path / "clip.pt")
-        vifi.load_weights(target, str(tmp_path / "clip.pt"))
+        vifi_weights.load_weights(target, str(tmp_path / "clip.pt"))
 
 
 def test_load_weights_refuses_files_without_the_models_weights(clip, tmp_path):
@@ -541,7 +542,7 @@ def test_load_weights_takes_whole_parts_of_our_checkpoints(clip, tmp_path):
     source = randomize_prompts(build(random_clip(seed=7), train_mode="prompts", **DEEP))
     torch.save({"model": vifi.trainable_state_dict(source)}, tmp_path / "best.pt")
     target = build(clip, train_mode="prompts", **DEEP)
-    vifi.load_weights(target, str(tmp_path / "best.pt"))
+    vifi_weights.load_weights(target, str(tmp_path / "best.pt"))
     assert all(torch.equal(a, b) for a, b in zip(target.prompts.parameters(), source.prompts.parameters()))
     assert torch.equal(target.clip.visual.conv1.weight, clip.visual.conv1.weight)  # not in the file: kept
     partial = {k: v for k, v in vifi.trainable_state_dict(source).items() if k != "prompts.vision.1"}
@@ -560,18 +561,18 @@ def test_prompt_checkpoint_round_trip_on_its_bridged_model(tmp_path):
     torch.save(bridged.state_dict(), base_path)
     model = randomize_prompts(build(bridged, train_mode="prompts", **DEEP))
     prompts.save_prompts(str(tmp_path / "prompts.pt"), model.prompts, str(base_path))
-    loaded = vifi.load_prompted(str(tmp_path / "prompts.pt"), NAMES)
+    loaded = vifi_weights.load_prompted(str(tmp_path / "prompts.pt"), NAMES)
     assert loaded.train_mode == "none" and loaded.templates == ("{}.",)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(videos()), model.eval()(videos()), atol=0, rtol=0)
     target = build(bridged, train_mode="prompts", **DEEP)  # load_weights also takes prompt checkpoints
-    loaded = vifi.load_weights(target, str(tmp_path / "prompts.pt"))
+    loaded = vifi_weights.load_weights(target, str(tmp_path / "prompts.pt"))
     assert loaded.format == "prompts" and loaded.normalization is None and target.normalization == "clip"
     assert all(torch.equal(a, b) for a, b in zip(target.prompts.parameters(), model.prompts.parameters()))
     torch.save(random_clip(seed=9).state_dict(), base_path)  # the bridged model changed under the prompts
     with pytest.raises(ValueError, match=r"prompts\.pt: its prompts were trained on .*bridged\.pt \(SHA-256"):
-        vifi.load_prompted(str(tmp_path / "prompts.pt"), NAMES)
-    vifi.load_prompted(str(tmp_path / "prompts.pt"), NAMES, verify=False)
+        vifi_weights.load_prompted(str(tmp_path / "prompts.pt"), NAMES)
+    vifi_weights.load_prompted(str(tmp_path / "prompts.pt"), NAMES, verify=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -620,7 +621,7 @@ def test_readme_example_gives_the_authors_weights_their_pixel_statistics(tmp_pat
     monkeypatch.chdir(tmp_path)
     # the README's lines ("miniworld-tiny" for "ViT-B/16"; classify's answer kept for the checks below)
     model = vifi.ViFiCLIP(clip_weights.load("miniworld-tiny"), ["dancing", "swimming"], templates="a photo of a {}.")
-    vifi.load_weights(model, "vifi_clip_k400.pth")      # optional: the authors' released ViFi-CLIP weights
+    vifi_weights.load_weights(model, "vifi_clip_k400.pth")      # optional: the authors' released ViFi-CLIP weights
     ranked = vifi.classify(model, "my_video.mp4", ["dancing", "swimming", "cooking"])
     print(ranked)
 

@@ -1,0 +1,65 @@
+"""The same global batches on any number of processes (torchrun), so that 8 GPUs train the model 1 GPU trains.
+
+plan_batches splits the setting's effective batch into processes x micro-batches x gradient-accumulation steps;
+GlobalBatchSampler gives each process its fixed share of the same global micro-batches; global_micro_index numbers
+a micro-batch across the run, so that what is drawn per micro-batch (mixup, cutmix) is the same however the batch
+is split, and after a resume. train.py uses these; the paper's method does not depend on them.
+"""
+import torch
+from torch.utils.data import Sampler
+
+
+class BatchPlanError(ValueError):
+    """A batch that cannot be split as asked (reported as a user error)."""
+
+
+def plan_batches(cfg, rt, num_videos: int) -> tuple:
+    """(global batch, micro-batch, accumulation steps, optimizer steps per epoch). Each process takes batch/W videos
+    per step, in micro-batches with gradient accumulation. Without --micro-batch, the micro-batch is the largest
+    divisor of batch/W up to --max-micro-batch: for every paper setting on 1 to 16 processes that is the same 4."""
+    W, batch = rt.world_size, cfg.batch_size
+    if num_videos < batch:  # a small K-shot set: one step per epoch with (nearly) every video rather than no step
+        batch = num_videos - num_videos % W
+    if batch < W:
+        raise BatchPlanError(f"{num_videos} training videos are fewer than one per process ({W} processes)")
+    if batch % W:
+        raise BatchPlanError(f"--batch-size {batch} cannot be shared by {W} processes; pick a multiple of {W}")
+    share, micro = batch // W, cfg.micro_batch
+    if micro is None:
+        micro = max(m for m in range(1, min(cfg.max_micro_batch, share) + 1) if share % m == 0)
+    elif share % micro:
+        raise BatchPlanError(f"--batch-size {batch} is not a multiple of --micro-batch {micro} x {W} processes; "
+                             f"leave --micro-batch out to have it chosen")
+    return batch, micro, share // micro, num_videos // batch
+
+
+class GlobalBatchSampler(Sampler):
+    """This process's share of each epoch's global batches. The epoch's order is a permutation drawn from
+    (seed, epoch); optimizer step s takes its positions [s*B, (s+1)*B), cut into B/m global micro-batches of m videos.
+    Process r of W takes the micro-batches r*A .. (r+1)*A - 1 of every step (A accumulation steps), so the
+    micro-batches, and all that is computed per micro-batch (mixup pairs, the loss mean), are the same on 1 process
+    or 8. start_step: resume in the middle of an epoch."""
+
+    def __init__(self, num_videos: int, batch: int, micro_batch: int, rt, seed: int):
+        self.num_videos, self.batch, self.micro, self.rank, self.seed = num_videos, batch, micro_batch, rt.rank, seed
+        self.accumulation = batch // (micro_batch * rt.world_size)
+        self.steps = num_videos // batch  # the last incomplete batch is dropped, as the authors do
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0):
+        self.epoch, self.start_step = epoch, start_step
+
+    def global_micro_index(self, step: int, i: int) -> int:
+        """The run-wide index of this process's i-th micro-batch of optimizer step `step` (it seeds mixup)."""
+        return step * (self.batch // self.micro) + self.rank * self.accumulation + i
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)  # DistributedSampler's permutation for 1 process
+        order = torch.randperm(self.num_videos, generator=g).tolist()
+        share = self.micro * self.accumulation
+        for s in range(self.start_step, self.steps):
+            first = s * self.batch + self.rank * share
+            yield from order[first:first + share]
+
+    def __len__(self):
+        return (self.steps - self.start_step) * self.micro * self.accumulation
