@@ -467,16 +467,17 @@ def world_splits(cfg: Config):
         p = miniworld.dataset_paths(name, cfg.data_root or None, reduced=cfg.reduced_world)
         return load_split(f"{name} {which}" if cfg.setting != "zeroshot" else name, p["root"], p[which], p["labels"])
 
+    ev = miniworld.eval_split()  # "test"; "val" with $MINIWORLD_EVAL=val (how the world's defaults were chosen)
     named = [t for t in cfg.targets.split(",") if t]
     unknown = [t for t in named if t not in miniworld.DATASETS]
     if unknown:
         raise ValueError(f"--targets: {unknown} are not datasets of the embedded world ({list(miniworld.DATASETS)})")
     if cfg.setting == "zeroshot":
-        return load("toy-k400", "train"), [load(t, "val") for t in named or miniworld.ZEROSHOT_TARGETS]
+        return load("toy-k400", "train"), [load(t, ev) for t in named or miniworld.ZEROSHOT_TARGETS]
     if cfg.setting == "fully":
-        return load("toy-k400", "train"), [load("toy-k400", "val")]
+        return load("toy-k400", "train"), [load("toy-k400", ev)]
     target = named[0] if named else miniworld.DEFAULT_TARGET
-    train, val = load(target, "train"), load(target, "val")
+    train, val = load(target, "train"), load(target, ev)
     if cfg.setting == "fewshot":
         train.samples = data.kshot_split(train.samples, cfg.k, seed=cfg.split)
         return train, [val]

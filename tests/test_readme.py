@@ -97,9 +97,9 @@ def test_readme_command_runs(command, tmp_path):
     command = command.replace("ROOT LIST LABELS", f"{world['root']} {world['val']} {world['labels']}")
     result = shell(command, tmp_path)
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    if "train.py" in command:  # the main job: a result on the embedded world's validation set
+    if "train.py" in command:  # the main job: a result on the embedded world's test set
         metrics = json.load(open(tmp_path / "out" / "metrics.json"))
-        assert metrics["reports"]["toy-hmdb val"]["videos"] == len(data.read_list(world["val"]))
+        assert metrics["reports"][f"toy-hmdb {miniworld.eval_split()}"]["videos"] == len(data.read_list(world["eval"]))
         assert metrics["summary"]["top1"] > 100 / len(miniworld.TOY_HMDB)  # above chance
         print(f"{command}: top-1 {metrics['summary']['top1']:.1f}, {metrics['world_size']} processes")
 
