@@ -101,8 +101,9 @@ def block_at(block: ResidualBlock, x: torch.Tensor, position: torch.Tensor, caus
 
     A speed-up, nothing else: each tower reads one token of its last layer (the class token, the end token), so that
     layer needs the query, the attention output and the MLP at that token only; every position is still a key and a
-    value. Measured: about 7% of the matrix-multiply work of ViT-B/16's image tower (images 1.05x -> 1.12x OpenAI's
-    speed at batch 8, fp32, CPU). The result equals block(x)[range(N), position] to float rounding (tested)."""
+    value: about 7% of the matrix-multiply work of ViT-B/16's image tower. Measured together with QuickGELU's fused
+    form: images went from 1.02x to 1.12x OpenAI's speed (batch 8, fp32, CPU; benchmarks/README.md). The result
+    equals block(x)[range(N), position] to float rounding (tested)."""
     N, L, W = x.shape
     heads = block.attn.heads
     h = block.ln_1(x)
@@ -249,7 +250,8 @@ class CLIP(nn.Module):
         sequence is cut after the batch's last end token, and the last layer computes the end token only (see
         block_at). Same result as running all 77 positions, several times faster for short prompts such as class
         names.
-        prompts ([n_ctx, W]) are inserted after the start token; the sequence is then cut back to context_length.
+        prompts ([n_ctx, W]) are inserted after the start token, which moves the end tokens n_ctx positions on; the
+        longest prompted text must still fit in context_length.
         """
         n_ctx = 0 if prompts is None else prompts.shape[0]
         eot = text.argmax(dim=-1) + n_ctx  # [N]: the end token has the largest id (49407) in CLIP's vocabulary

@@ -96,7 +96,8 @@ class Config:
     num_crops: Optional[int] = flag(None, "final evaluation: spatial crops per clip (1 or 3)")
     eval_every: Optional[int] = flag(None, "epochs between evaluations")
     eval_only: bool = flag(False, "evaluate --init-from (or the base model) without training")
-    precision: str = flag("fp32", "fp32 | bf16 | fp16 (autocast; weights stay fp32; fp16 needs CUDA)")
+    precision: str = flag("auto", "auto | fp32 | bf16 | fp16 (autocast; weights stay fp32; fp16 needs CUDA); auto: "
+                                  "fp32 to train, vifi.inference_precision's choice to only evaluate")
     grad_checkpointing: bool = flag(False, "activation checkpointing in both towers (less memory, ~20%% slower)")
     compile: bool = flag(False, "torch.compile the model")
     workers: Optional[int] = flag(None, "DataLoader workers per process (default: 1 on CPU, up to 10 on a GPU)")
@@ -175,8 +176,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
     choices = dict(setting=list(PAPER_DEFAULTS)[1:], dataset=list(DATASETS), train=list(vifi.TRAIN_MODES),
-                   fusion=list(vifi.FUSIONS), precision=["fp32", "bf16", "fp16"], augment=list(data.AUGMENTATIONS),
-                   normalization=list(data.NORMS), split=[1, 2, 3])
+                   fusion=list(vifi.FUSIONS), precision=["auto", "fp32", "bf16", "fp16"],
+                   augment=list(data.AUGMENTATIONS), normalization=list(data.NORMS), split=[1, 2, 3])
     tables = {"": PAPER_DEFAULTS, "world ": miniworld.WORLD.defaults, "prompts ": PROMPT_DEFAULTS}
     for f in dataclasses.fields(Config):
         shown = [f"{where}{setting} {table[setting][f.name]}" for where, table in tables.items()
@@ -338,6 +339,8 @@ def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
         checkpoint, cfg = run_files.prepare_resume(cfg, given, RESUME_MAY_CHANGE) if cfg.resume else (None, cfg)
         if cfg.precision == "fp16" and rt.device.type != "cuda":
             raise UserError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
+        if cfg.precision == "auto":  # training stays fp32; evaluating alone runs in what this device does fastest
+            cfg.precision = vifi.inference_precision(rt.device) if cfg.eval_only or cfg.train == "none" else "fp32"
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)

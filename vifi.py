@@ -312,7 +312,7 @@ def inference_precision(device: Union[str, torch.device] = "cpu", requested: str
         speedup = _measure_cpu_bf16_speedup() if supported else 0.0
         _cpu_bf16_speedup[threads] = speedup
         choice = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
-        why = (f"bf16 measured {speedup:.2f}x fp32 on this CPU, {threads} threads" if supported
+        why = (f"bf16 measured {speedup:.2f}x fp32 on this CPU, {threads} thread{'s' * (threads > 1)}" if supported
                else "this CPU has no fast bf16 (oneDNN)")
     print(f"inference precision: {choice} (auto: {why})", flush=True)
     return choice

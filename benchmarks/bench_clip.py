@@ -1,6 +1,6 @@
 """Speed of clip_model.py against OpenAI's reference implementation, on identical random ViT-B/16 weights, in one run.
 
-    python benchmarks/bench_clip.py [--batch 8 32] [--repeats 5] [--device cpu]
+    python benchmarks/bench_clip.py [--batch 8 32] [--repeats 5] [--device cpu] [--quick]
 
 Prints frames/s for encode_image (fp32, and bf16 autocast) at each batch size, and the time to encode the 51 HMDB-51
 class prompts ("a photo of a {name}."), for both implementations, and our speed as a ratio of theirs. Runs alternate
@@ -47,7 +47,10 @@ def main():
     parser.add_argument("--batch", type=int, nargs="+", default=[8, 32], help="images per encode_image call")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="batch 2, one round (a smoke run, under 30 s)")
     args = parser.parse_args()
+    if args.quick:
+        args.batch, args.repeats = [2], 1
     device = torch.device(args.device)
     torch.manual_seed(0)
     reference = _load_openai_module("model").CLIP(512, 224, 12, 768, 16, 77, 49408, 512, 8, 12).float().eval()

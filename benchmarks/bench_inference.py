@@ -1,7 +1,7 @@
 """Classifying a video on a CPU: ours in the precision vifi.inference_precision picks ("auto") against OpenAI's
 reference in fp32, on identical random ViT-B/16 weights, in one run.
 
-    python benchmarks/bench_inference.py [--frames 8 32] [--repeats 5] [--quick]
+    python benchmarks/bench_inference.py [--frames 8 32] [--repeats 5] [--threads N] [--quick]
 
 One call is what vifi.classify does once the frames are decoded: a video's T frames [T, 3, 224, 224] through the
 image tower, the embeddings averaged and normalised, scored against the 51 HMDB-51 class prompts, whose embeddings
@@ -96,7 +96,10 @@ def main():
     parser.add_argument("--quick", action="store_true", help="2 frames, 1 round (a smoke run, under 30 s)")
     parser.add_argument("--world", action="store_true", help="top-1 in fp32 and bf16 on the embedded world instead")
     parser.add_argument("--init-from", help="--world: a checkpoint written by train.py (default: vanilla tiny CLIP)")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: torch's, one per core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.world:
         print(f"embedded world, toy-hmdb validation, {args.init_from or 'vanilla tiny CLIP'}")
         return world_agreement(args.init_from, limit=96 if args.quick else None)

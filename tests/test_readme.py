@@ -32,7 +32,7 @@ COMMANDS = [
     (r"--nnodes", SKIP, "needs several machines"),
     (r"benchmarks/gpu_checks\.py", SKIP, "needs a CUDA GPU"),
     (r"^python3? data\.py --check ROOT LIST LABELS", RUN, ""),  # on the embedded world's toy-hmdb
-    (r"^python3? prepare_videos\.py SRC_ROOT LIST DST_ROOT", RUN, ""),  # on 20 of the world's videos
+    (r"^python3? prepare_videos\.py K400 train\.txt K400_256", RUN, ""),  # on 20 of the world's videos
     (r"^python3? train\.py --help$", RUN, ""),
     (r"--data-root (?!\S*world)|--target-roots|--dataset (hmdb51|ucf101|k400|k600|ssv2|custom)|kinetics_lists\.py|"
      r"^(?:.*&& )?(python3? )?\S*data\.py --check (?!\S*world)(/|[A-Z])", SKIP,
@@ -102,7 +102,7 @@ def test_readme_command_runs(command, tmp_path):
     world = miniworld.dataset_paths("toy-hmdb")
     data.write_list(tmp_path / "twenty.txt", data.read_list(world["val"])[:20])
     command = command.replace("ROOT LIST LABELS", f"{world['root']} {world['val']} {world['labels']}")
-    command = command.replace("SRC_ROOT LIST DST_ROOT", f"{world['root']} {tmp_path / 'twenty.txt'} {tmp_path / 'prepared'}")
+    command = command.replace("K400 train.txt K400_256", f"{world['root']} {tmp_path / 'twenty.txt'} {tmp_path / 'prepared'}")
     result = shell(command, tmp_path)
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     if "prepare_videos.py" in command:  # every listed video re-encoded, at its listed path

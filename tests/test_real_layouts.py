@@ -236,14 +236,6 @@ def test_check_command_finds_videos_by_name(tmp_path, capsys):
 # train.py on a layout as downloaded
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("clip") / "tiny.pt"
-    torch.save(clip_model.CLIP(**miniworld.TINY_CONFIG).state_dict(), path)
-    return str(path)
-
-
 def test_training_on_hmdb_class_folders(tmp_path, tiny_clip, one_thread):
     """Three HMDB-51 classes in class folders, lists in the authors' format with the shipped names."""
     names = data.read_labels(HMDB_LABELS)

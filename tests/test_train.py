@@ -20,6 +20,7 @@ import data
 import miniworld
 import run_files
 import train
+import vifi
 from conftest import assert_same_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,14 +31,6 @@ def world(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("world"))
     miniworld.ensure_world(root, reduced=True)
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("clip") / "tiny.pt"
-    torch.save(clip_model.CLIP(**miniworld.TINY_CONFIG).state_dict(), path)
-    return str(path)
 
 
 def run(out, world, clip, *args):
@@ -343,6 +336,15 @@ def test_bf16_autocast_and_activation_checkpointing_train(world, tiny_clip, tmp_
                   "--grad-checkpointing")
     assert metrics["history"][0]["loss"] > 0
     assert all(v.dtype == torch.float32 for v in weights(tmp_path).values())  # fp32 master weights
+
+
+def test_precision_auto_trains_in_fp32_and_evaluates_in_what_the_device_computes_fastest(world, tiny_clip, tmp_path,
+                                                                                         monkeypatch):
+    monkeypatch.setattr(vifi, "inference_precision", lambda device, requested="auto": "bf16")  # as where it is faster
+    evaluated = run(tmp_path / "eval", world, tiny_clip, "--setting", "fewshot", "--k", "2", "--train", "none")
+    assert evaluated["config"]["precision"] == "bf16"
+    trained = run(tmp_path / "train", world, tiny_clip, "--k", "2", "--max-steps", "1")
+    assert trained["config"]["precision"] == "fp32"
 
 
 def test_fp16_without_cuda_is_refused_before_any_work(tmp_path):
