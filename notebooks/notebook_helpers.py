@@ -76,11 +76,11 @@ def check(condition, sentence: str):
     print("✓", sentence)
 
 
-def change(before: float, after: float, unit: str = "%", tolerance: float = 0.05) -> str:
-    """'rises from 16.2% to 24.6%', 'falls from ...', or 'stays at ...' (within `tolerance`)."""
+def change(before: float, after: float, unit: str = "%", tolerance: float = 0.05, digits: int = 1) -> str:
+    """'rises from 16.2% to 24.6%', 'falls from ...', or 'stays at ...' (within `tolerance`), to `digits` decimals."""
     if abs(after - before) <= tolerance:
-        return f"stays at {after:.1f}{unit}"
-    return f"{'rises' if after > before else 'falls'} from {before:.1f}{unit} to {after:.1f}{unit}"
+        return f"stays at {after:.{digits}f}{unit}"
+    return f"{'rises' if after > before else 'falls'} from {before:.{digits}f}{unit} to {after:.{digits}f}{unit}"
 
 
 def elapsed():
