@@ -4,32 +4,38 @@ ViFi-CLIP's experiment is: take CLIP, pretrained on images and their captions, a
 builds a miniature of that experiment that runs on a laptop CPU in minutes, so that the whole method can be run, read
 and tested without OpenAI's weights or the real datasets:
 
-  1. A renderer: coloured shapes (circle, square, triangle, star, cross, ring) of two sizes on varied dark
-     backgrounds, drawn with numpy. Scenes are plain dicts, so a frame is a pure function of its scene.
-  2. An image-caption corpus: random still scenes and captions that say what is visible ("a small red circle on the
-     left."). It stands in for the 400 million image-text pairs CLIP was pretrained on. Captions never describe
-     motion: a still image shows none.
-  3. Motions: functions that turn a random object into 16 frames (moving to the left, rotating, blinking, growing, two
-     objects coming together, ...).
-  4. Three video datasets written as real H.264 .mp4 files with list files and a labels CSV, in the layout data.py
-     reads for HMDB-51 and UCF-101 (see "Datasets" below):
-       toy-k400   the source dataset, Kinetics-400's role (trained on for zero-shot transfer)
-       toy-hmdb   16 motions of an arbitrary object, HMDB-51's role (motion matters most)
-       toy-ucf    20 classes of one named object doing one thing, UCF-101's role (appearance helps more)
+  1. A renderer: coloured shapes (circle, square, triangle, star, cross, ring) of four sizes on varied dark
+     backgrounds, drawn with numpy, optionally faint (translucent) or smeared by motion blur. Scenes are plain dicts, so
+     a frame is a pure function of its scene.
+  2. An image-caption corpus: random still scenes and captions that say what is visible ("a tilted small red star at
+     the top left.", "a half-visible blue ring on the left edge.", "a blurry green circle.", "two shapes touching.").
+     It stands in for the 400 million image-text pairs CLIP was pretrained on. Captions say what a single photo can
+     show, never motion: a still image shows none.
+  3. Motions: functions that turn a random object into 16 frames (moving to an edge or a corner, spinning, blinking,
+     growing until huge, two objects coming together until touching, ...), with motion blur where things move fast.
+  4. Three video datasets written as real H.264 .mp4 files with list files (train, val, test) and a labels CSV, in the
+     layout data.py reads for HMDB-51 and UCF-101 (see "Datasets" below):
+       toy-k400   74 classes, the source dataset, Kinetics-400's role (trained on for zero-shot transfer)
+       toy-hmdb   24 motions of an arbitrary object, HMDB-51's role (motion matters most)
+       toy-ucf    24 classes of one named object doing one thing, UCF-101's role (appearance helps more)
+     Class names use caption words where a still can show the class ("moving to the left edge", "fading until
+     faint"), as real action names do ("riding a horse"); the rest of their words only videos can teach.
   5. A tiny CLIP: clip_model.CLIP at a small size (48 px, ViT with patch 8, 4 + 4 layers of width 128, the real BPE
      tokenizer), pretrained contrastively on the corpus by `pretrain` below. It ships in assets/ and is reached by
      clip_weights.load("miniworld-tiny").
 
-Everything is deterministic from a seed. The videos are generated on first use into a cache directory
-($VIFI_CACHE, default ~/.cache/vifi-clip), under a file lock, so several torchrun ranks can start at once.
+Everything is deterministic from a seed. A dataset's videos are generated on its first use into a cache directory
+($VIFI_CACHE, default ~/.cache/vifi-clip), under a file lock, so several torchrun ranks can start at once. Each dataset
+has a validation split, for choosing settings, and a test split, for reporting; train.py evaluates on test unless
+$MINIWORLD_EVAL=val.
 
-The gap between images and videos is real here: a still never shows rotating, blinking or bouncing, so words for them
-never occur in captions; some classes differ only in motion (rotating vs standing still), and some only in the order of
+The gap between images and videos is real here: a still never shows spinning, blinking or bouncing, so words for them
+never occur in captions; some classes differ only in motion (spinning vs standing still), and some only in the order of
 their frames (growing vs shrinking), which mean pooling over frames cannot see at all (the paper's SSv2 case).
 
 Command line:
   python miniworld.py generate [--reduced] [--root DIR]   write the video datasets (normally done on first use)
-  python miniworld.py pretrain --out assets/tiny_clip_world.pt   pretrain the tiny CLIP (about 16 minutes, 1 thread)
+  python miniworld.py pretrain --out assets/tiny_clip_world.pt   pretrain the tiny CLIP (1600 steps, 1 thread)
   python miniworld.py show                                 print the datasets, classes and paths
 """
 import argparse
@@ -52,7 +58,7 @@ import protocols
 # The vocabulary of the world
 
 # Bump when anything that changes the generated files changes: the cached world is then regenerated.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 
 COLOURS = {  # name -> RGB in [0, 1]; bright, so they stand out on the dark backgrounds
     "red": (0.92, 0.12, 0.10),
@@ -66,10 +72,13 @@ COLOURS = {  # name -> RGB in [0, 1]; bright, so they stand out on the dark back
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 ROTATABLE = ("square", "triangle", "star", "cross")  # a turning circle or ring looks the same in every frame
+SYMMETRY = {"square": math.pi / 2, "cross": math.pi / 2, "triangle": 2 * math.pi / 3, "star": 2 * math.pi / 5}
 
-# Radii in units of the canvas side (the canvas is the unit square).
-SIZES = {"small": (0.08, 0.12), "big": (0.19, 0.25)}
-SIZE_WORDS = {"small": ("small", "little"), "big": ("big", "large")}
+# Radii in units of the canvas side (the canvas is the unit square). Videos use small and big; stills all four
+# (a growing object goes from tiny to huge).
+SIZES = {"tiny": (0.04, 0.06), "small": (0.08, 0.12), "big": (0.19, 0.25), "huge": (0.29, 0.34)}
+VIDEO_SIZES = ("small", "big")
+SIZE_WORDS = {"tiny": ("tiny",), "small": ("small", "little"), "big": ("big", "large"), "huge": ("huge",)}
 
 # A 3 x 3 grid of positions: column (left, middle, right) x row (top, middle, bottom), with the phrases captions use.
 GRID = (0.2, 0.5, 0.8)
@@ -84,16 +93,32 @@ POSITION_PHRASES = {
     (1, 2): ("at the bottom", "down at the bottom"),
     (2, 2): ("at the bottom right", "in the bottom right corner"),
 }
+# An object cut off by an edge of the canvas (its centre within its radius of the edge): what the last frame of a
+# video of an object moving to that edge shows.
+EDGE_PHRASES = {
+    "left": ("on the left edge", "at the left edge"),
+    "right": ("on the right edge", "at the right edge"),
+    "top": ("on the top edge", "at the top edge"),
+    "bottom": ("on the bottom edge", "at the bottom edge"),
+}
+# What a single still can show of an object beyond colour, shape, size and place, as real photo captions say
+# "blurry" or "half hidden": turned off its upright pose, drawn faintly, smeared by motion blur, cut off by an edge.
+STATE_WORDS = {"tilted": ("tilted",), "upright": ("upright",), "faint": ("faint", "pale"), "blurry": ("blurry",),
+               "edge": ("half-visible",)}
+# Two objects: how far apart they are.
+DISTANCE_PHRASES = {"touching": ("touching",), "close": ("close together",), "far": ("far apart",)}
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Rendering
 #
 # A scene is {"background": {...}, "objects": [obj, ...]}; an object is a dict with
 #   shape (one of SHAPES), rgb (3 floats), x, y (centre, canvas units, y downwards), r (radius), angle (radians),
-#   alpha (opacity in [0, 1]).
+#   alpha (opacity in [0, 1]), and optionally blur ([dx, dy]: motion blur along that vector, canvas units).
 # Shapes are drawn on a grid SUPERSAMPLE times finer than the output and averaged down: cheap anti-aliasing.
 
 SUPERSAMPLE = 2
+BLUR_SAMPLES = 7  # copies of a blurred shape, spread along its blur vector
 
 
 def random_background(rng: np.random.Generator) -> dict:
@@ -168,19 +193,22 @@ def render(scene: dict, size: int = 64, background: np.ndarray = None) -> np.nda
         if obj["alpha"] <= 0:
             continue
         # Only the object's bounding box is rasterised.
-        r = obj["r"]
-        lo = lambda p: max(int((p - r) * fine) - 1, 0)  # noqa: E731
-        hi = lambda p: min(int((p + r) * fine) + 2, fine)  # noqa: E731
-        x0, x1, y0, y1 = lo(obj["x"]), hi(obj["x"]), lo(obj["y"]), hi(obj["y"])
+        bx, by = obj.get("blur", (0.0, 0.0))  # motion blur: the shape smeared along this vector
+        rx, ry = obj["r"] + abs(bx) / 2, obj["r"] + abs(by) / 2
+        x0, x1 = max(int((obj["x"] - rx) * fine) - 1, 0), min(int((obj["x"] + rx) * fine) + 2, fine)
+        y0, y1 = max(int((obj["y"] - ry) * fine) - 1, 0), min(int((obj["y"] + ry) * fine) + 2, fine)
         x0, y0 = x0 - x0 % SUPERSAMPLE, y0 - y0 % SUPERSAMPLE  # whole output pixels
         x1, y1 = min(x1 + (-x1) % SUPERSAMPLE, fine), min(y1 + (-y1) % SUPERSAMPLE, fine)
         if x1 <= x0 or y1 <= y0:
             continue
         yy, xx = np.meshgrid(c[y0:y1], c[x0:x1], indexing="ij")
-        dx, dy = (xx - obj["x"]) / r, (obj["y"] - yy) / r  # v points up
-        ca, sa = math.cos(obj["angle"]), math.sin(obj["angle"])
-        u, v = ca * dx + sa * dy, -sa * dx + ca * dy  # rotate the sample points by -angle
-        m = _shape_mask(obj["shape"], u, v).astype(np.float32)
+        r, ca, sa = obj["r"], math.cos(obj["angle"]), math.sin(obj["angle"])
+        offsets = np.linspace(-0.5, 0.5, BLUR_SAMPLES) if (bx or by) else [0.0]
+        m = 0
+        for o in offsets:
+            dx, dy = (xx - obj["x"] - o * bx) / r, (obj["y"] + o * by - yy) / r  # v points up
+            u, v = ca * dx + sa * dy, -sa * dx + ca * dy  # rotate the sample points by -angle
+            m = m + _shape_mask(obj["shape"], u, v).astype(np.float32) / len(offsets)
         h, w = m.shape[0] // SUPERSAMPLE, m.shape[1] // SUPERSAMPLE
         cover = m.reshape(h, SUPERSAMPLE, w, SUPERSAMPLE).mean(axis=(1, 3))[..., None] * obj["alpha"]
         sl = img[y0 // SUPERSAMPLE:y0 // SUPERSAMPLE + h, x0 // SUPERSAMPLE:x0 // SUPERSAMPLE + w]
@@ -189,12 +217,13 @@ def render(scene: dict, size: int = 64, background: np.ndarray = None) -> np.nda
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def random_object(rng: np.random.Generator, colour: str = None, shape: str = None, size: str = None) -> dict:
-    """An object with the given (or random) colour name, shape and size class, at a random place in the middle
-    region, upright or at a random angle. Returned with its words (colour, size) for captions."""
+def random_object(rng: np.random.Generator, colour: str = None, shape: str = None, size: str = None,
+                  sizes: tuple = VIDEO_SIZES) -> dict:
+    """An object with the given (or random) colour name, shape and size class (drawn from `sizes`), at a random place
+    in the middle region, upright or at a random angle. Returned with its words (colour, size) for captions."""
     colour = colour or list(COLOURS)[rng.integers(len(COLOURS))]
     shape = shape or SHAPES[rng.integers(len(SHAPES))]
-    size = size or list(SIZES)[rng.integers(len(SIZES))]
+    size = size or sizes[rng.integers(len(sizes))]
     rgb = np.clip(np.array(COLOURS[colour]) + rng.uniform(-0.05, 0.05, 3), 0, 1).tolist()
     r = float(rng.uniform(*SIZES[size]))
     return {"shape": shape, "rgb": rgb, "x": float(rng.uniform(0.3, 0.7)), "y": float(rng.uniform(0.3, 0.7)), "r": r,
@@ -202,44 +231,35 @@ def random_object(rng: np.random.Generator, colour: str = None, shape: str = Non
             "colour": colour, "size": size}
 
 
+def is_tilted(obj: dict) -> bool:
+    """A rotatable shape at least 20% of its symmetry angle away from upright."""
+    if obj["shape"] not in SYMMETRY:
+        return False
+    f = (obj["angle"] / SYMMETRY[obj["shape"]]) % 1.0
+    return 0.2 <= f <= 0.8
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The image-caption corpus (CLIP's pretraining data in miniature)
+#
+# A caption names some of what the still shows, in a random selection and order of phrases, the way real alt-texts
+# do: colour, shape (or "object", "shape"), size, place (a grid cell or an edge), and a state a single photo can show
+# (tilted, faint, blurry, half-visible); two objects come with how far apart they are. Words for motion never occur.
 
-ONE_OBJECT_TEMPLATES = (
-    "a photo of a {size} {colour} {shape} {pos}.",
-    "a {size} {colour} {shape} {pos}.",
-    "a {colour} {shape} {pos}.",
-    "a photo of a {colour} {shape}.",
-    "a {colour} {shape}.",
-    "a {size} {colour} {shape}.",
-    "a {size} {shape} {pos}.",
-    "a {shape} {pos}.",
-    "a {colour} object {pos}.",
-    "something {colour} {pos}.",
-    "a photo of a {shape}.",
-    "{colour} {shape} {pos}",
-)
-
-
-TWO_OBJECT_TEMPLATES = (
-    "a {a[colour]} {a[shape]} and a {b[colour]} {b[shape]}.",
-    "a {a[colour]} {a[shape]} {a[pos]} and a {b[colour]} {b[shape]} {b[pos]}.",
-    "two objects {apart}.",
-    "a {a[colour]} {a[shape]} and a {b[colour]} {b[shape]} {apart}.",
-    "two shapes, {a[colour]} and {b[colour]}.",
-)
-DISTANCE_PHRASES = ("close together", "far apart")  # centres closer than 0.4, or not
+NOUNS = ("object", "shape", "thing")
+PREFIXES = ("a photo of", "a picture of", "an image of")
 EMPTY_CAPTIONS = ("an empty background.", "a photo of nothing.", "an empty dark scene.")
 
 
 def caption_fragments() -> list:
-    """Every piece of text a caption is made of (templates without their slots, and every slot value): the corpus's
-    whole vocabulary, enumerated from the definitions above."""
-    templates = ONE_OBJECT_TEMPLATES + TWO_OBJECT_TEMPLATES + EMPTY_CAPTIONS
-    pieces = [re.sub(r"\{[^}]*\}", " ", t) for t in templates] + ["an"]
-    pieces += list(COLOURS) + list(SHAPES) + list(DISTANCE_PHRASES)
+    """Every piece of text a caption is made of: the corpus's whole vocabulary, enumerated from the definitions above."""
+    pieces = ["a", "an", "and", "two", "shapes", "objects", ".", ","] + list(NOUNS) + list(PREFIXES)
+    pieces += list(EMPTY_CAPTIONS) + list(COLOURS) + list(SHAPES)
     pieces += [w for words in SIZE_WORDS.values() for w in words]
+    pieces += [w for words in STATE_WORDS.values() for w in words]
     pieces += [p for phrases in POSITION_PHRASES.values() for p in phrases]
+    pieces += [p for phrases in EDGE_PHRASES.values() for p in phrases]
+    pieces += [p for phrases in DISTANCE_PHRASES.values() for p in phrases]
     return pieces
 
 
@@ -253,34 +273,101 @@ def _grid_cell(x: float, y: float) -> tuple:
     return int(np.argmin([abs(x - g) for g in GRID])), int(np.argmin([abs(y - g) for g in GRID]))
 
 
+def _pick(rng, options):
+    return options[rng.integers(len(options))]
+
+
+def place_on_edge(obj: dict, edge: str, rng) -> None:
+    """Put obj's centre within 0.1-0.6 of its radius of an edge (cut off by it), anywhere along it."""
+    inset = obj["r"] * rng.uniform(0.1, 0.6)
+    along = float(rng.uniform(0.25, 0.75))
+    obj["x"], obj["y"] = {"left": (inset, along), "right": (1 - inset, along),
+                          "top": (along, inset), "bottom": (along, 1 - inset)}[edge]
+
+
+def _object_phrase(rng, obj: dict, words: dict, place: bool = True) -> str:
+    """'tilted small red star at the top left' with each part kept or dropped at random."""
+    colour = obj["colour"] if rng.random() < 0.85 else ""
+    noun = obj["shape"] if rng.random() < 0.8 else _pick(rng, NOUNS)
+    size = _pick(rng, SIZE_WORDS[obj["size"]]) if rng.random() < (0.8 if obj["size"] in ("tiny", "huge") else 0.5) \
+        else ""
+    state = _pick(rng, STATE_WORDS[words["state"]]) if words.get("state") and rng.random() < 0.85 else ""
+    pos = words["pos"] if place and rng.random() < 0.7 else ""
+    if words.get("state") == "edge" and not pos and not state:
+        state = STATE_WORDS["edge"][0]
+    if state and rng.random() < 0.25:  # "a red star, tilted" as often as "a tilted red star"
+        text = " ".join(w for w in (size, colour, noun, pos) if w) + f", {state}"
+    else:
+        text = " ".join(w for w in (state, size, colour, noun, pos) if w)
+    return text
+
+
 def random_still(rng: np.random.Generator) -> tuple:
-    """One (scene, caption) pair of the corpus. 70% one object, 25% two, 5% none. Objects sit near a cell of the 3 x 3
-    grid so that a position phrase describes them."""
+    """One (scene, caption) pair of the corpus. 70% one object, 25% two, 5% none."""
     scene = {"background": random_background(rng), "objects": []}
     u = rng.random()
     n = 0 if u < 0.05 else (1 if u < 0.75 else 2)
     if n == 0:
-        return scene, EMPTY_CAPTIONS[rng.integers(len(EMPTY_CAPTIONS))]
-    cells = [tuple(c) for c in rng.permutation(list(POSITION_PHRASES))[:n]]
-    phrases = []
-    for cell in cells:
-        obj = random_object(rng)
-        if n == 2:
-            obj["r"] = min(obj["r"], 0.15)  # two big objects in neighbouring cells would overlap
-        margin = 0.8 * obj["r"]  # keep most of the object inside the canvas
-        obj["x"] = float(np.clip(GRID[cell[0]] + rng.uniform(-0.06, 0.06), margin, 1 - margin))
-        obj["y"] = float(np.clip(GRID[cell[1]] + rng.uniform(-0.06, 0.06), margin, 1 - margin))
-        scene["objects"].append(obj)
-        words = {"size": SIZE_WORDS[obj["size"]][rng.integers(2)], "colour": obj["colour"], "shape": obj["shape"],
-                 "pos": POSITION_PHRASES[cell][rng.integers(2)]}
-        phrases.append(words)
+        return scene, _pick(rng, EMPTY_CAPTIONS)
+    prefix = _pick(rng, PREFIXES) + " " if rng.random() < 0.3 else ""
     if n == 1:
-        template = ONE_OBJECT_TEMPLATES[rng.integers(len(ONE_OBJECT_TEMPLATES))]
-        return scene, _articles(template.format(**phrases[0]))
-    (a, b), (oa, ob) = phrases, scene["objects"]
-    apart = DISTANCE_PHRASES[0] if math.dist((oa["x"], oa["y"]), (ob["x"], ob["y"])) < 0.4 else DISTANCE_PHRASES[1]
-    template = TWO_OBJECT_TEMPLATES[rng.integers(len(TWO_OBJECT_TEMPLATES))]
-    return scene, _articles(template.format(a=a, b=b, apart=apart))
+        obj = random_object(rng, sizes=tuple(SIZES))
+        words = {}
+        kind = rng.random()
+        if kind < 0.2:  # on an edge
+            edge = _pick(rng, list(EDGE_PHRASES))
+            obj["r"] = min(obj["r"], SIZES["big"][1])
+            place_on_edge(obj, edge, rng)
+            words["pos"], words["state"] = _pick(rng, EDGE_PHRASES[edge]), "edge"
+        else:
+            cell = tuple(list(POSITION_PHRASES)[rng.integers(9)])
+            margin = 0.8 * obj["r"]  # keep most of the object inside the canvas
+            obj["x"] = float(np.clip(GRID[cell[0]] + rng.uniform(-0.06, 0.06), margin, 1 - margin))
+            obj["y"] = float(np.clip(GRID[cell[1]] + rng.uniform(-0.06, 0.06), margin, 1 - margin))
+            words["pos"] = _pick(rng, POSITION_PHRASES[cell])
+            s = rng.random()
+            if s < 0.15:
+                obj["alpha"] = float(rng.uniform(0.2, 0.5))
+                words["state"] = "faint"
+            elif s < 0.3:
+                angle, length = rng.uniform(0, math.pi), rng.uniform(0.06, 0.14)
+                obj["blur"] = [float(length * math.cos(angle)), float(length * math.sin(angle))]
+                words["state"] = "blurry"
+            elif obj["shape"] in SYMMETRY:
+                words["state"] = "tilted" if is_tilted(obj) else ("upright" if obj["angle"] == 0 else None)
+        scene["objects"].append(obj)
+        return scene, _articles(prefix + "a " + _object_phrase(rng, obj, words) + ".")
+    # two objects in different cells, or touching
+    a, b = random_object(rng, sizes=("tiny", "small", "big")), random_object(rng, sizes=("tiny", "small", "big"))
+    a["r"], b["r"] = min(a["r"], 0.15), min(b["r"], 0.15)
+    if rng.random() < 0.3:  # touching: side by side or one above the other
+        a["x"], a["y"] = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7)
+        d = (a["r"] + b["r"]) * 0.95
+        angle = rng.uniform(0, 2 * math.pi)
+        b["x"], b["y"] = a["x"] + d * math.cos(angle), a["y"] + d * math.sin(angle)
+    else:
+        cells = [tuple(c) for c in rng.permutation(list(POSITION_PHRASES))[:2]]
+        for obj, cell in zip((a, b), cells):
+            margin = 0.8 * obj["r"]
+            obj["x"] = float(np.clip(GRID[cell[0]] + rng.uniform(-0.06, 0.06), margin, 1 - margin))
+            obj["y"] = float(np.clip(GRID[cell[1]] + rng.uniform(-0.06, 0.06), margin, 1 - margin))
+    for obj in (a, b):
+        obj["x"], obj["y"] = float(obj["x"]), float(obj["y"])
+    scene["objects"] = [a, b]
+    dist = math.dist((a["x"], a["y"]), (b["x"], b["y"]))
+    distance = "touching" if dist < (a["r"] + b["r"]) * 1.05 else ("close" if dist < 0.4 else "far")
+    rel = _pick(rng, DISTANCE_PHRASES[distance])
+    place = rng.random() < 0.3 and distance != "touching"
+    pa = _object_phrase(rng, a, {"pos": POSITION_PHRASES[_grid_cell(a["x"], a["y"])][0]}, place)
+    pb = _object_phrase(rng, b, {"pos": POSITION_PHRASES[_grid_cell(b["x"], b["y"])][0]}, place)
+    v = rng.random()
+    if v < 0.45:
+        text = f"a {pa} and a {pb}" + (f", {rel}" if rng.random() < 0.6 else "")
+    elif v < 0.75:
+        text = f"two {_pick(rng, ('objects', 'shapes'))} {rel}"
+    else:
+        text = f"a {a['colour']} {a['shape']} and a {b['colour']} {b['shape']} {rel}"
+    return scene, _articles(prefix + text + ".")
 
 
 def caption_batch(n: int, seed: int, start: int = 0, size: int = 64) -> tuple:
@@ -313,13 +400,16 @@ def unseen_words(text: str) -> list:
 # ----------------------------------------------------------------------------------------------------------------------
 # Motions: an object (or two) over FRAMES frames
 #
-# Each motion function takes (rng, T, spec) and returns T lists of objects (one list per frame). spec holds the class's
-# colour and shape (None: random) and, for recolouring, the two colours. Reversing a video's frames turns growing into
-# shrinking, appearing into disappearing and coming together into moving apart: those pairs differ ONLY in the order of
-# their frames, so mean pooling over frames cannot tell them apart.
+# Each motion function takes (rng, T, spec) and returns T lists of objects (one list per frame, the same objects in
+# the same order). spec holds the class's colour and shape (None: random) and, for recolouring, the two colours.
+# Reversing a video's frames turns growing into shrinking, appearing into disappearing and coming together into moving
+# apart: those pairs differ ONLY in the order of their frames, so mean pooling over frames cannot tell them apart.
+# render_video adds motion blur: each frame smears an object along its displacement between neighbouring frames, as a
+# camera's exposure does, so a single frame of a fast motion shows a blurry object (a word the captions know).
 
 FRAMES = 16  # frames per video
 FPS = 8
+EXPOSURE = 0.8  # motion blur: the fraction of the displacement per frame an object is smeared over
 
 
 def _ramp(T: int, start: float, end: float) -> np.ndarray:
@@ -331,21 +421,37 @@ def _place(obj: dict, x: float, y: float, **changes) -> dict:
     return {**obj, "x": float(x), "y": float(y), **changes}
 
 
-def _move(rng, T, spec, axis: str, sign: int):
-    """From near the middle to near an edge: the last frames look like 'on the left', 'at the top', ..."""
-    obj = random_object(rng, spec.get("colour"), spec.get("shape"))
-    start = rng.uniform(0.42, 0.58)
-    end = 0.5 + sign * rng.uniform(0.3, 0.36)
-    end = float(np.clip(end, 0.8 * obj["r"], 1 - 0.8 * obj["r"]))
-    path = _ramp(T, start, end)
-    if axis == "x":
-        return [[_place(obj, p, obj["y"])] for p in path]
-    return [[_place(obj, obj["x"], p)] for p in path]
-
-
 def _anywhere(obj: dict, rng) -> tuple:
     m = 0.8 * obj["r"] + 0.05
     return rng.uniform(max(m, 0.18), min(1 - m, 0.82)), rng.uniform(max(m, 0.18), min(1 - m, 0.82))
+
+
+# Where a move ends: an edge (cut off by it, as EDGE_PHRASES stills show), a corner cell, or the middle.
+CORNERS = {"top left": (0, 0), "top right": (1, 0), "bottom left": (0, 1), "bottom right": (1, 1)}
+
+
+def _move_to(rng, T, spec, target: str):
+    """From near the middle (or, to the middle: from near an edge) to the target, at an even speed."""
+    obj = random_object(rng, spec.get("colour"), spec.get("shape"))
+    if target == "middle":
+        end = np.array([0.5, 0.5]) + rng.uniform(-0.05, 0.05, 2)
+        angle = rng.uniform(0, 2 * math.pi)
+        start = end + rng.uniform(0.3, 0.36) * np.array([math.cos(angle), math.sin(angle)])
+    else:
+        start = np.array([0.5, 0.5]) + rng.uniform(-0.08, 0.08, 2)
+        if target in EDGE_PHRASES:
+            end = dict(obj)
+            place_on_edge(end, target, rng)
+            end = np.array([end["x"], end["y"]])
+            along = 1 if target in ("left", "right") else 0  # keep the other coordinate near the start's
+            end[along] = start[along] + rng.uniform(-0.1, 0.1)
+        else:
+            cx, cy = CORNERS[target]
+            m = 0.8 * obj["r"]
+            end = np.array([cx, cy], float) * (1 - 2 * rng.uniform(0.12, 0.2)) + rng.uniform(0.12, 0.2)
+            end = np.clip(end, m, 1 - m)
+    path = start[None] + np.linspace(0, 1, T)[:, None] * (end - start)[None]
+    return [[_place(obj, x, y)] for x, y in path]
 
 
 def _still(rng, T, spec):
@@ -354,7 +460,17 @@ def _still(rng, T, spec):
     return [[_place(obj, x, y)] for _ in range(T)]
 
 
-def _rotate(rng, T, spec):
+def _still_two(rng, T, spec):
+    """Two objects standing still in different places."""
+    a, b = _two_objects(rng, spec)
+    cells = [tuple(c) for c in rng.permutation(list(POSITION_PHRASES))[:2]]
+    for obj, cell in zip((a, b), cells):
+        obj["x"] = float(np.clip(GRID[cell[0]] + rng.uniform(-0.06, 0.06), obj["r"], 1 - obj["r"]))
+        obj["y"] = float(np.clip(GRID[cell[1]] + rng.uniform(-0.06, 0.06), obj["r"], 1 - obj["r"]))
+    return [[dict(a), dict(b)] for _ in range(T)]
+
+
+def _spin(rng, T, spec):
     obj = random_object(rng, spec.get("colour"), spec.get("shape") or ROTATABLE[rng.integers(len(ROTATABLE))])
     x, y = _anywhere(obj, rng)
     turns = rng.uniform(0.5, 1.0) * (1 if rng.random() < 0.5 else -1)
@@ -391,6 +507,16 @@ def _shake(rng, T, spec):
     return [[_place(obj, x + amp * math.sin(2 * math.pi * t / period + phase), y)] for t in range(T)]
 
 
+def _swing(rng, T, spec):
+    """Slowly from one side to the other and back (one to one and a half periods, wide)."""
+    obj = random_object(rng, spec.get("colour"), spec.get("shape"))
+    obj["r"] = min(obj["r"], 0.15)
+    y = rng.uniform(0.3, 0.7)
+    amp, periods, phase = rng.uniform(0.25, 0.3), rng.uniform(1.0, 1.5), rng.uniform(0, 2 * math.pi)
+    t = np.linspace(0, 1, T)
+    return [[_place(obj, 0.5 + amp * math.sin(2 * math.pi * periods * s + phase), y)] for s in t]
+
+
 def _orbit(rng, T, spec):
     """Round a circle of radius about 0.2 around a point near the middle."""
     obj = random_object(rng, spec.get("colour"), spec.get("shape"))
@@ -402,10 +528,10 @@ def _orbit(rng, T, spec):
 
 
 def _grow(rng, T, spec):
-    """From small to big: the radius goes up about fourfold."""
+    """From tiny to huge."""
     obj = random_object(rng, spec.get("colour"), spec.get("shape"))
-    x, y = rng.uniform(0.38, 0.62), rng.uniform(0.38, 0.62)
-    radii = _ramp(T, rng.uniform(0.05, 0.08), rng.uniform(0.24, 0.3))
+    x, y = rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6)
+    radii = _ramp(T, rng.uniform(*SIZES["tiny"]), rng.uniform(*SIZES["huge"]))
     return [[_place(obj, x, y, r=float(r))] for r in radii]
 
 
@@ -417,17 +543,29 @@ def _appear(rng, T, spec):
     return [[_place(obj, x, y, alpha=float(np.clip((t - start) / length, 0, 1)))] for t in range(T)]
 
 
-def _meet(rng, T, spec):
-    """Two different objects from opposite sides until they almost touch in the middle."""
+def _fade(rng, T, spec):
+    """Solid, then slowly fainter over the whole video, to the faintness of FAINT stills."""
+    obj = random_object(rng, spec.get("colour"), spec.get("shape"))
+    x, y = _anywhere(obj, rng)
+    return [[_place(obj, x, y, alpha=float(a))] for a in _ramp(T, 1.0, rng.uniform(0.2, 0.35))]
+
+
+def _two_objects(rng, spec):
     a = random_object(rng, spec.get("colour"), spec.get("shape"))
     b = random_object(rng, None, spec.get("shape"))
     while b["colour"] == a["colour"]:
         b = random_object(rng, None, spec.get("shape"))
     a["r"], b["r"] = min(a["r"], 0.14), min(b["r"], 0.14)
+    return a, b
+
+
+def _meet(rng, T, spec):
+    """Two different objects from opposite sides until they touch in the middle."""
+    a, b = _two_objects(rng, spec)
     horizontal, other = rng.random() < 0.5, rng.uniform(0.35, 0.65)
-    gap = (a["r"] + b["r"]) / 2 + 0.02  # each centre's final distance from the meeting point
+    gap = (a["r"] + b["r"]) / 2 * 0.95  # each centre's final distance from the meeting point: touching
     centre = rng.uniform(0.45, 0.55)
-    pa, pb = _ramp(T, rng.uniform(0.12, 0.18), centre - gap), _ramp(T, rng.uniform(0.82, 0.88), centre + gap)
+    pa, pb = _ramp(T, rng.uniform(0.1, 0.16), centre - gap), _ramp(T, rng.uniform(0.84, 0.9), centre + gap)
     if horizontal:
         return [[_place(a, p, other), _place(b, q, other)] for p, q in zip(pa, pb)]
     return [[_place(a, other, p), _place(b, other, q)] for p, q in zip(pa, pb)]
@@ -450,21 +588,27 @@ def _reversed(motion):
     return lambda rng, T, spec: motion(rng, T, spec)[::-1]
 
 
+def _to(target):
+    return lambda rng, T, spec: _move_to(rng, T, spec, target)
+
+
 MOTIONS = {
-    "left": lambda rng, T, spec: _move(rng, T, spec, "x", -1),
-    "right": lambda rng, T, spec: _move(rng, T, spec, "x", +1),
-    "up": lambda rng, T, spec: _move(rng, T, spec, "y", -1),
-    "down": lambda rng, T, spec: _move(rng, T, spec, "y", +1),
+    "left": _to("left"), "right": _to("right"), "top": _to("top"), "bottom": _to("bottom"),
+    "top left": _to("top left"), "top right": _to("top right"), "bottom left": _to("bottom left"),
+    "bottom right": _to("bottom right"), "middle": _to("middle"),
     "still": _still,
-    "rotate": _rotate,
+    "still two": _still_two,
+    "spin": _spin,
     "blink": _blink,
     "bounce": _bounce,
     "shake": _shake,
+    "swing": _swing,
     "orbit": _orbit,
     "grow": _grow,
     "shrink": _reversed(_grow),  # order-only partner of grow
     "appear": _appear,
     "disappear": _reversed(_appear),  # order-only partner of appear
+    "fade": _fade,
     "meet": _meet,
     "part": _reversed(_meet),  # order-only partner of meet
     "recolour": _recolour,  # (a, b) and (b, a) are an order-only pair
@@ -473,18 +617,35 @@ MOTIONS = {
 # How each motion is told apart, for the README and the benchmark: "frame" = a single frame mostly shows it (where the
 # object is), "motion" = only several frames show it (no single frame does, but the set of frames does), "order" =
 # only the order of the frames shows it (its partner has the same frames reversed).
-MOTION_CUE = {
-    "left": "frame", "right": "frame", "up": "frame", "down": "frame",
-    "still": "motion", "rotate": "motion", "blink": "motion", "bounce": "motion", "shake": "motion", "orbit": "motion",
-    "grow": "order", "shrink": "order", "appear": "order", "disappear": "order", "meet": "order", "part": "order",
-    "recolour": "order",
-}
+MOTION_CUE = {m: "frame" for m in ("left", "right", "top", "bottom", "top left", "top right", "bottom left",
+                                   "bottom right", "middle", "still two")}
+MOTION_CUE.update({m: "motion" for m in ("still", "spin", "blink", "bounce", "shake", "swing", "orbit", "fade")})
+MOTION_CUE.update({m: "order" for m in ("grow", "shrink", "appear", "disappear", "meet", "part", "recolour")})
+
+
+def add_motion_blur(frames: list) -> list:
+    """Smear each object along its displacement between the neighbouring frames (EXPOSURE of it)."""
+    T = len(frames)
+    out = []
+    for t in range(T):
+        prev, nxt = frames[max(t - 1, 0)], frames[min(t + 1, T - 1)]
+        objs = []
+        for k, obj in enumerate(frames[t]):
+            span = max(min(t + 1, T - 1) - max(t - 1, 0), 1)
+            vx, vy = (nxt[k]["x"] - prev[k]["x"]) / span, (nxt[k]["y"] - prev[k]["y"]) / span
+            if math.hypot(vx, vy) * EXPOSURE > 0.01:
+                obj = {**obj, "blur": [float(vx * EXPOSURE), float(vy * EXPOSURE)]}
+            objs.append(obj)
+        out.append(objs)
+    return out
 
 
 def render_video(rng: np.random.Generator, spec: dict, T: int = FRAMES, size: int = 64) -> np.ndarray:
     """uint8 [T, size, size, 3] frames of one random video of a class spec."""
     background = random_background(rng)
-    objects = MOTIONS[spec["motion"]](rng, T, spec)
+    objects = add_motion_blur(MOTIONS[spec["motion"]](rng, FRAMES, spec))
+    if T != FRAMES:  # a shorter video (the reduced world): every (FRAMES / T)-th frame, same motion
+        objects = [objects[i] for i in np.linspace(0, FRAMES - 1, T).round().astype(int)]
     bg = render_background(background, size)
     return np.stack([render({"background": background, "objects": objs}, size, background=bg) for objs in objects])
 
@@ -492,11 +653,11 @@ def render_video(rng: np.random.Generator, spec: dict, T: int = FRAMES, size: in
 # ----------------------------------------------------------------------------------------------------------------------
 # Datasets
 #
-# Class names use words the captions use wherever the class can be described by what a still shows ("moving to the
-# left": the object ends on the left; "red circle": colour and shape). Words that no still can show (rotating,
-# blinking, bouncing, shaking, growing, appearing, ...) never occur in a caption, so the tiny CLIP's text tower knows
-# nothing of them: those classes cannot be recognised zero-shot before video training. That is the image-to-video gap
-# ViFi-CLIP bridges.
+# Class names use the captions' words wherever a still can show the class ("moving to the left edge": the last frames
+# show an object cut off by the left edge; "growing until huge", "fading until faint"), as real action names do
+# ("riding a horse" is visible in a photo). Words that no still shows (spinning, blinking, bouncing, shaking,
+# orbiting, moving, growing, ...) never occur in a caption, so the tiny CLIP's text tower knows nothing of them: those
+# parts of a name are learned from videos only. That is the image-to-video gap ViFi-CLIP bridges.
 
 
 def _c(name, motion, colour=None, shape=None, colours=None):
@@ -506,105 +667,102 @@ def _c(name, motion, colour=None, shape=None, colours=None):
     return spec
 
 
-# HMDB-51's role: what an arbitrary object (random colour, shape, size, background) does.
-TOY_HMDB = [
-    _c("moving to the left", "left"),
-    _c("moving to the right", "right"),
-    _c("moving up", "up"),
-    _c("moving down", "down"),
-    _c("standing still", "still"),
-    _c("rotating", "rotate"),
-    _c("blinking", "blink"),
-    _c("bouncing", "bounce"),
-    _c("shaking", "shake"),
-    _c("going round in a circle", "orbit"),
-    _c("growing", "grow"),
-    _c("shrinking", "shrink"),
-    _c("appearing", "appear"),
-    _c("disappearing", "disappear"),
-    _c("two objects coming together", "meet"),
-    _c("two objects moving apart", "part"),
-]
+# The motion phrases, in the order of the toy-hmdb classes. "{s}" is where toy-k400 puts its shape.
+PHRASES = {
+    "left": "{s} moving to the left edge", "right": "{s} moving to the right edge",
+    "top": "{s} moving to the top edge", "bottom": "{s} moving to the bottom edge",
+    "top left": "{s} moving to the top left corner", "top right": "{s} moving to the top right corner",
+    "bottom left": "{s} moving to the bottom left corner", "bottom right": "{s} moving to the bottom right corner",
+    "middle": "{s} moving to the middle",
+    "still": "{s} standing still",
+    "spin": "{s} spinning",
+    "blink": "{s} blinking",
+    "bounce": "{s} bouncing",
+    "shake": "{s} shaking",
+    "swing": "{s} swinging from side to side",
+    "orbit": "{s} orbiting",
+    "grow": "{s} growing until huge",
+    "shrink": "{s} shrinking until tiny",
+    "appear": "{s} appearing",
+    "disappear": "{s} disappearing",
+    "fade": "{s} fading until faint",
+    "meet": "two {s} coming together until touching",
+    "part": "two {s} moving far apart",
+    "still two": "two {s} standing still",
+}
+
+
+def _phrase(motion: str, subject: str = "") -> str:
+    """The class name of a motion, for a subject ('' for any object)."""
+    p = PHRASES[motion]
+    if motion in ("meet", "part", "still two"):
+        subject = subject + "s" if subject else "objects"
+    return p.format(s=subject).strip()
+
+
+# HMDB-51's role: what an arbitrary object (random colour, shape, size, background) does. 24 classes.
+TOY_HMDB = [_c(_phrase(m), m) for m in PHRASES]
 
 # UCF-101's role: one named object doing one thing. Appearance (colour and shape) separates most classes, as it does
 # in UCF-101; the pairs that share an object are separated by motion or, for the order-only pairs, by order alone.
 TOY_UCF = [
-    _c("red circle moving up", "up", "red", "circle"),
-    _c("red circle moving down", "down", "red", "circle"),
-    _c("yellow triangle moving up", "up", "yellow", "triangle"),
-    _c("orange square moving down", "down", "orange", "square"),
-    _c("white cross moving to the left", "left", "white", "cross"),
-    _c("white cross moving to the right", "right", "white", "cross"),
-    _c("blue square rotating", "rotate", "blue", "square"),
-    _c("blue square standing still", "still", "blue", "square"),
-    _c("yellow star blinking", "blink", "yellow", "star"),
-    _c("yellow star standing still", "still", "yellow", "star"),
-    _c("purple ring bouncing", "bounce", "purple", "ring"),
-    _c("purple ring standing still", "still", "purple", "ring"),
-    _c("orange circle shaking", "shake", "orange", "circle"),
-    _c("pink star going round in a circle", "orbit", "pink", "star"),
-    _c("green triangle growing", "grow", "green", "triangle"),
-    _c("green triangle shrinking", "shrink", "green", "triangle"),
-    _c("blue circle appearing", "appear", "blue", "circle"),
-    _c("blue circle disappearing", "disappear", "blue", "circle"),
+    _c(f"{colour} {shape} " + _phrase(m), m, colour, shape) for colour, shape, m in (
+        ("red", "circle", "top"), ("red", "circle", "bottom"), ("yellow", "triangle", "top left"),
+        ("orange", "square", "bottom right"), ("white", "cross", "left"), ("white", "cross", "right"),
+        ("green", "circle", "middle"),
+        ("blue", "square", "spin"), ("blue", "square", "still"), ("yellow", "star", "blink"),
+        ("yellow", "star", "still"), ("purple", "ring", "bounce"), ("purple", "ring", "still"),
+        ("orange", "circle", "shake"), ("red", "star", "swing"), ("pink", "star", "orbit"),
+        ("white", "triangle", "spin"), ("pink", "cross", "fade"),
+        ("green", "triangle", "grow"), ("green", "triangle", "shrink"),
+        ("blue", "circle", "appear"), ("blue", "circle", "disappear"))
+] + [
     _c("square turning from red to blue", "recolour", None, "square", ("red", "blue")),
     _c("square turning from blue to red", "recolour", None, "square", ("blue", "red")),
 ]
 
-# Kinetics-400's role, the source for zero-shot transfer: a shape doing something, in a random colour. Every shape
-# occurs with many motions and every motion with two shapes, so neither alone names the class: training on it teaches
-# the motion words that toy-hmdb and toy-ucf use. No class name occurs in the target datasets.
-TOY_K400 = [
-    _c("square moving to the left", "left", shape="square"),
-    _c("triangle moving to the left", "left", shape="triangle"),
-    _c("triangle moving to the right", "right", shape="triangle"),
-    _c("star moving to the right", "right", shape="star"),
-    _c("star moving up", "up", shape="star"),
-    _c("cross moving up", "up", shape="cross"),
-    _c("cross moving down", "down", shape="cross"),
-    _c("square moving down", "down", shape="square"),
-    _c("square standing still", "still", shape="square"),
-    _c("triangle standing still", "still", shape="triangle"),
-    _c("triangle rotating", "rotate", shape="triangle"),
-    _c("star rotating", "rotate", shape="star"),
-    _c("star blinking", "blink", shape="star"),
-    _c("cross blinking", "blink", shape="cross"),
-    _c("cross bouncing", "bounce", shape="cross"),
-    _c("square bouncing", "bounce", shape="square"),
-    _c("square shaking", "shake", shape="square"),
-    _c("triangle shaking", "shake", shape="triangle"),
-    _c("triangle going round in a circle", "orbit", shape="triangle"),
-    _c("star going round in a circle", "orbit", shape="star"),
-    _c("star growing", "grow", shape="star"),
-    _c("cross growing", "grow", shape="cross"),
-    _c("cross shrinking", "shrink", shape="cross"),
-    _c("square shrinking", "shrink", shape="square"),
-    _c("square appearing", "appear", shape="square"),
-    _c("triangle appearing", "appear", shape="triangle"),
-    _c("triangle disappearing", "disappear", shape="triangle"),
-    _c("star disappearing", "disappear", shape="star"),
-    _c("two stars coming together", "meet", shape="star"),
-    _c("two crosses coming together", "meet", shape="cross"),
-    _c("two crosses moving apart", "part", shape="cross"),
-    _c("two squares moving apart", "part", shape="square"),
-    _c("star turning from green to yellow", "recolour", shape="star", colours=("green", "yellow")),
-    _c("cross turning from white to pink", "recolour", shape="cross", colours=("white", "pink")),
-]
+# Kinetics-400's role, the source for zero-shot transfer: many classes, a shape doing something in a random colour.
+# Every motion of toy-hmdb occurs with three shapes and every shape with many motions, so neither alone names the class:
+# training on it teaches the motion words that toy-hmdb and toy-ucf use. No class name occurs in the target datasets.
+def _k400_classes():
+    classes = []
+    for i, m in enumerate(PHRASES):
+        pool = ROTATABLE if m == "spin" else SHAPES
+        for j in range(3):
+            shape = pool[(i + 2 * j) % len(pool)]
+            classes.append(_c(_phrase(m, shape), m, shape=shape))
+    classes.append(_c("star turning from green to yellow", "recolour", shape="star", colours=("green", "yellow")))
+    classes.append(_c("cross turning from white to pink", "recolour", shape="cross", colours=("white", "pink")))
+    return classes
 
-# name -> (classes, step, validation videos per class). Training counts are skewed: the class of frequency rank k
-# (0 = most frequent; the ranking is a seeded permutation of the classes) has MIN_TRAIN + step * (C - 1 - k) training
-# videos, all counts different, so "the most frequent half is base" (the paper's base-to-novel split) is well defined.
-# MIN_TRAIN >= 16 leaves K = 16 shots for every class.
-MIN_TRAIN = 20
+
+TOY_K400 = _k400_classes()
+
+# name -> (classes, minimum training videos per class, step, validation videos per class, test videos per class).
+# Training counts are skewed: the class of frequency rank k (0 = most frequent; the ranking is a seeded permutation of
+# the classes) has minimum + int(step * (C - 1 - k)) training videos. With step 1 all counts differ, so "the most
+# frequent half is base" (the paper's base-to-novel split) is well defined for the targets; toy-k400 (step 0.25, 12-30
+# videos a class, 1536 in all: kept small so that zero-shot training takes a couple of minutes on a CPU) has ties.
+# A minimum >= 16 leaves K = 16 shots for every class of the few-shot targets.
+# The validation split is for choosing settings (train.py's world defaults were measured on it); the test split is for
+# reporting (README, notebooks).
 DATASETS = {
-    "toy-k400": (TOY_K400, 1, 10),
-    "toy-hmdb": (TOY_HMDB, 2, 30),
-    "toy-ucf": (TOY_UCF, 1, 30),
+    "toy-k400": (TOY_K400, 12, 0.25, 4, 4),
+    "toy-hmdb": (TOY_HMDB, 20, 1, 15, 30),
+    "toy-ucf": (TOY_UCF, 20, 1, 15, 30),
 }
 # The real dataset each one stands in for.
 ROLES = {"toy-k400": "kinetics400", "toy-hmdb": "hmdb51", "toy-ucf": "ucf101"}
-# The reduced world of the tests: every class, 2 training and 1 validation video each, 8 frames.
-REDUCED = {"train": 2, "val": 1, "frames": 8}
+# The reduced world of the tests: every class, 2 training videos and 1 validation and 1 test video each, 8 frames.
+REDUCED = {"train": 2, "val": 1, "test": 1, "frames": 8}
+SPLITS = ("train", "val", "test")
+# Words kept out of the filler vocabulary of pretraining besides the class names' (see FILLER_COUNTS): motion words a
+# future class name might use, so that a renamed class never names a filler token.
+RESERVED_WORDS = ("moving", "standing", "still", "spinning", "rotating", "turning", "blinking", "bouncing", "shaking",
+                  "swinging", "orbiting", "growing", "shrinking", "appearing", "disappearing", "fading", "coming",
+                  "together", "until", "from", "side", "to", "going", "round", "sliding", "falling", "rising",
+                  "jumping", "running", "walking", "flying", "rolling", "waving", "flashing", "pulsing", "back",
+                  "forth", "along", "towards", "away")
 
 
 def slug(name: str) -> str:
@@ -613,11 +771,19 @@ def slug(name: str) -> str:
 
 def train_counts(dataset: str, seed: int = 0) -> list:
     """Training videos per class (in class order): skewed by a seeded ranking of the classes."""
-    classes, step, _ = DATASETS[dataset]
+    classes, minimum, step, _, _ = DATASETS[dataset]
     C = len(classes)
     rank = np.empty(C, int)
     rank[np.random.default_rng([seed, _dataset_index(dataset), 7]).permutation(C)] = np.arange(C)
-    return [MIN_TRAIN + step * (C - 1 - int(k)) for k in rank]
+    return [minimum + int(step * (C - 1 - int(k))) for k in rank]
+
+
+def split_counts(dataset: str, seed: int = 0, reduced: bool = False) -> dict:
+    """{split: videos per class (a list in class order)} of a dataset."""
+    classes, _, _, n_val, n_test = DATASETS[dataset]
+    if reduced:
+        return {s: [REDUCED[s]] * len(classes) for s in SPLITS}
+    return {"train": train_counts(dataset, seed), "val": [n_val] * len(classes), "test": [n_test] * len(classes)}
 
 
 def _dataset_index(dataset: str) -> int:
@@ -643,23 +809,18 @@ def write_video(path: str, frames: np.ndarray, fps: int = FPS):
         container.close()
 
 
-def _video_jobs(folder: str, seed: int, reduced: bool) -> list:
-
-    jobs, lists = [], {}
-    for dataset, (classes, _, n_val) in DATASETS.items():
-        counts = train_counts(dataset, seed)
-        lines = {"train": [], "val": []}
+def _video_jobs(folder: str, dataset: str, seed: int, reduced: bool) -> tuple:
+    """The videos of one dataset to render ((path, rng key, class spec, frames) each) and its list files' lines."""
+    jobs, lines = [], {s: [] for s in SPLITS}
+    classes = DATASETS[dataset][0]
+    for split, counts in split_counts(dataset, seed, reduced).items():
         for label, spec in enumerate(classes):
-            for split, n in (("train", REDUCED["train"] if reduced else counts[label]),
-                             ("val", REDUCED["val"] if reduced else n_val)):
-                for i in range(n):
-                    rel = f"{slug(spec['name'])}/{slug(spec['name'])}_{split}_{i:03d}.mp4"
-                    key = [seed, _dataset_index(dataset), label, 0 if split == "train" else 1, i]
-                    jobs.append((os.path.join(folder, dataset, "videos", rel), key, spec,
-                                 REDUCED["frames"] if reduced else FRAMES))
-                    lines[split].append(f"{rel} {label}")
-        lists[dataset] = lines
-    return jobs, lists
+            for i in range(counts[label]):
+                rel = f"{slug(spec['name'])}/{slug(spec['name'])}_{split}_{i:03d}.mp4"
+                key = [seed, _dataset_index(dataset), label, SPLITS.index(split), i]
+                jobs.append((os.path.join(folder, "videos", rel), key, spec, REDUCED["frames"] if reduced else FRAMES))
+                lines[split].append(f"{rel} {label}")
+    return jobs, lines
 
 
 def _make_videos(jobs: list):
@@ -667,12 +828,12 @@ def _make_videos(jobs: list):
         write_video(path, render_video(np.random.default_rng(key), spec, T))
 
 
-def generate_world(folder: str, seed: int = 0, reduced: bool = False, workers: int = None):
-    """Write the three datasets into folder (which must not exist): for each dataset,
-      <dataset>/videos/<class>/<class>_<split>_<i>.mp4,  <dataset>/labels.csv (id,name),
-      <dataset>/train.txt and <dataset>/val.txt ("<class>/<file>.mp4 <label>" per line, relative to videos/),
-    and WORLD.txt, written last. The files depend only on seed and reduced, not on the number of workers."""
-    jobs, lists = _video_jobs(folder, seed, reduced)
+def generate_dataset(folder: str, dataset: str, seed: int = 0, reduced: bool = False, workers: int = None):
+    """Write one dataset into folder (which must not exist):
+      videos/<class>/<class>_<split>_<i>.mp4,  labels.csv (id,name),
+      train.txt, val.txt, test.txt ("<class>/<file>.mp4 <label>" per line, relative to videos/),
+    and DATASET.txt, written last. The files depend only on (dataset, seed, reduced), not on the number of workers."""
+    jobs, lists = _video_jobs(folder, dataset, seed, reduced)
     for path in {os.path.dirname(j[0]) for j in jobs}:
         os.makedirs(path, exist_ok=True)
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
@@ -684,18 +845,17 @@ def generate_world(folder: str, seed: int = 0, reduced: bool = False, workers: i
         chunks = [jobs[w::workers] for w in range(workers)]
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             list(pool.map(_make_videos, chunks))
-    for dataset, (classes, _, _) in DATASETS.items():
-        with open(os.path.join(folder, dataset, "labels.csv"), "w") as f:
-            f.write("id,name\n" + "".join(f"{i},{spec['name']}\n" for i, spec in enumerate(classes)))
-        for split, lines in lists[dataset].items():
-            with open(os.path.join(folder, dataset, f"{split}.txt"), "w") as f:
-                f.write("\n".join(lines) + "\n")
-    with open(os.path.join(folder, "WORLD.txt"), "w") as f:
-        f.write(_stamp(seed, reduced))
+    with open(os.path.join(folder, "labels.csv"), "w") as f:
+        f.write("id,name\n" + "".join(f"{i},{spec['name']}\n" for i, spec in enumerate(DATASETS[dataset][0])))
+    for split, lines in lists.items():
+        with open(os.path.join(folder, f"{split}.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    with open(os.path.join(folder, "DATASET.txt"), "w") as f:
+        f.write(_stamp(dataset, seed, reduced))
 
 
-def _stamp(seed: int, reduced: bool) -> str:
-    return f"miniworld version {WORLD_VERSION} seed {seed} reduced {reduced}\n"
+def _stamp(dataset: str, seed: int, reduced: bool) -> str:
+    return f"miniworld version {WORLD_VERSION} dataset {dataset} seed {seed} reduced {reduced}\n"
 
 
 def cache_root() -> str:
@@ -708,48 +868,67 @@ def world_dir(root: str = None, seed: int = 0, reduced: bool = False) -> str:
     return os.path.join(root or cache_root(), name)
 
 
-def ensure_world(root: str = None, seed: int = 0, reduced: bool = False, workers: int = None) -> str:
-    """The world's folder, generated first if it is missing or of another version. Safe when several processes call
-    it at once (torchrun ranks): one generates under a file lock into a temporary folder and renames it into place;
-    the others wait on the lock and find it done."""
+def ensure_world(root: str = None, seed: int = 0, reduced: bool = False, workers: int = None,
+                 datasets=None) -> str:
+    """The world's folder, with the named datasets (default: all) generated first where missing or of another
+    version; each dataset is generated on first use only. Safe when several processes call it at once (torchrun
+    ranks): one generates under a file lock into a temporary folder and renames it into place; the others wait on the
+    lock and find it done."""
     folder = world_dir(root, seed, reduced)
-    stamp = os.path.join(folder, "WORLD.txt")
+    names = list(DATASETS) if datasets is None else [datasets] if isinstance(datasets, str) else list(datasets)
 
-    def ready():
+    def ready(name):
         try:
-            with open(stamp) as f:
-                return f.read() == _stamp(seed, reduced)
+            with open(os.path.join(folder, name, "DATASET.txt")) as f:
+                return f.read() == _stamp(name, seed, reduced)
         except OSError:
             return False
 
-    if ready():
+    if all(ready(n) for n in names):
         return folder
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
     with open(folder + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-        if ready():  # another process made it while we waited
-            return folder
-        tmp = f"{folder}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        t0 = time.time()
-        print(f"miniworld: generating {'the reduced ' if reduced else ''}video world (seed {seed}) in {folder} ...",
-              file=sys.stderr, flush=True)
-        generate_world(tmp, seed, reduced, workers)
-        if os.path.exists(folder):  # an older version, or an interrupted copy: replace it
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
-        print(f"miniworld: done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+        for name in names:
+            if ready(name):  # another process made it while we waited
+                continue
+            target = os.path.join(folder, name)
+            tmp = f"{target}.tmp{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            t0 = time.time()
+            print(f"miniworld: generating {'the reduced ' if reduced else ''}{name} (seed {seed}) in {target} ...",
+                  file=sys.stderr, flush=True)
+            generate_dataset(tmp, name, seed, reduced, workers)
+            if os.path.exists(target):  # an older version, or an interrupted copy: replace it
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+            print(f"miniworld: done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     return folder
 
 
+# Which list train.py evaluates on ("eval" of dataset_paths): the test split, unless $MINIWORLD_EVAL says "val" (for
+# choosing settings: train.py's world defaults were measured that way; the README's tables and the notebooks use test).
+EVAL_SPLIT_VARIABLE = "MINIWORLD_EVAL"
+
+
+def eval_split() -> str:
+    split = os.environ.get(EVAL_SPLIT_VARIABLE, "test")
+    if split not in ("val", "test"):
+        raise ValueError(f"${EVAL_SPLIT_VARIABLE} must be 'val' or 'test', not {split!r}")
+    return split
+
+
 def dataset_paths(name: str, root: str = None, seed: int = 0, reduced: bool = False) -> dict:
-    """Where data.py finds dataset `name` (one of DATASETS), generating the world if needed:
-    {"root": video folder, "train": train list, "val": validation list, "labels": labels CSV}."""
+    """Where data.py finds dataset `name` (one of DATASETS), generating it if needed: {"root": video folder, "train",
+    "val", "test": list files, "eval": the list to evaluate on (test, or val with $MINIWORLD_EVAL=val), "labels":
+    labels CSV}."""
     if name not in DATASETS:
         raise KeyError(f"unknown miniworld dataset {name!r}; one of {list(DATASETS)}")
-    d = os.path.join(ensure_world(root, seed, reduced), name)
-    return {"root": os.path.join(d, "videos"), "train": os.path.join(d, "train.txt"),
-            "val": os.path.join(d, "val.txt"), "labels": os.path.join(d, "labels.csv")}
+    d = os.path.join(ensure_world(root, seed, reduced, datasets=name), name)
+    paths = {"root": os.path.join(d, "videos"), "labels": os.path.join(d, "labels.csv")}
+    paths.update({s: os.path.join(d, f"{s}.txt") for s in SPLITS})
+    paths["eval"] = paths[eval_split()]
+    return paths
 
 
 # The paper's protocols on the world (train.py's defaults when no dataset is named): zero-shot trains on toy-k400 and
@@ -768,8 +947,8 @@ DEFAULT_TARGET = "toy-hmdb"
 #     small default, the untrained image features hardly carry position and position words are never learned;
 #   - a 200-step warm-up: untrained image embeddings are nearly identical, and without warm-up the text tower follows
 #     them into a constant for a while.
-# The text context is 32 tokens (a caption takes at most 20 with its start and end tokens, 22 with fillers): room for
-# the learned prompt tokens of prompts.py. Positions past 22 are never trained in pretraining (they keep their init).
+# The text context is 32 tokens (a caption takes at most 26 with its start and end tokens, 28 with fillers): room for
+# the learned prompt tokens of prompts.py. Positions past 28 are never trained in pretraining (they keep their init).
 
 TINY_CLIP_NAME = "miniworld-tiny"
 TINY_CONFIG = dict(embed_dim=128, image_resolution=48, vision_layers=4, vision_width=128, vision_patch_size=8,
@@ -838,11 +1017,10 @@ def filler_token_ids():
     from tokenizer import default_tokenizer
     tok = default_tokenizer()
     excluded = set(caption_token_ids())
-    for classes, _, _ in DATASETS.values():
-        for spec in classes:
-            for word in re.findall(r"[a-z]+", spec["name"]):
-                excluded.update(tok.encode(word))
-                excluded.update(tok.encode(word + "s"))
+    words = {w for classes, *_ in DATASETS.values() for spec in classes for w in re.findall(r"[a-z]+", spec["name"])}
+    for word in words | set(RESERVED_WORDS):
+        excluded.update(tok.encode(word))
+        excluded.update(tok.encode(word + "s"))
     return torch.tensor([i for i in range(tok.sot_token) if i not in excluded])
 
 
@@ -871,53 +1049,81 @@ def corpus_batch(step: int, batch: int, seed: int, fillers: bool = True):
     return preprocess(images, TINY_CONFIG["image_resolution"]), tokens
 
 
-def still_probe(model, n: int = 600, seed: int = 10**6) -> dict:
-    """Zero-shot accuracy on held-out one-object stills: colour (8-way), shape (6-way), 9-way position, size (2-way).
-    Each attribute is read by comparing captions that differ only in it."""
-    import torch
-    from tokenizer import tokenize
-    rng_items = []
-    i = 0
-    while len(rng_items) < n:
+def probe_stills(n: int = 600, seed: int = 10**6) -> list:
+    """n held-out one-object stills of the corpus (scenes), seeded apart from the pretraining stream."""
+    items, i = [], 0
+    while len(items) < n:
         scene, _ = random_still(np.random.default_rng([seed, i]))
         i += 1
         if len(scene["objects"]) == 1:
-            rng_items.append(scene)
-    images = preprocess(np.stack([render(s) for s in rng_items]), TINY_CONFIG["image_resolution"])
-    objs = [s["objects"][0] for s in rng_items]
-    cells = [_grid_cell(o["x"], o["y"]) for o in objs]
-    cell_list = list(POSITION_PHRASES)
+            items.append(scene)
+    return items
+
+
+def still_probe(model, n: int = 600, seed: int = 10**6) -> dict:
+    """Zero-shot accuracy on held-out one-object stills: colour (8-way), shape (6-way), 9-way position (objects in
+    a grid cell), size (4-way), edge (4-way, objects cut off by an edge), and three 2-way states of objects in a grid
+    cell: tilted vs upright (rotatable shapes), faint vs solid, blurry vs sharp. Each attribute is read by comparing
+    captions that differ only in it; accuracies are balanced (the mean over the true values of the accuracy on each),
+    so chance is 100 / ways."""
+    import torch
+    from tokenizer import tokenize
+    scenes = probe_stills(n, seed)
+    images = preprocess(np.stack([render(s) for s in scenes]), TINY_CONFIG["image_resolution"])
+    objs = [s["objects"][0] for s in scenes]
     model.eval()
+    cache = {}
+
+    def encode(texts):
+        key = tuple(texts)
+        if key not in cache:
+            with torch.no_grad():
+                cache[key] = torch.nn.functional.normalize(
+                    model.encode_text(tokenize(list(texts), TINY_CONFIG["context_length"])), dim=-1)
+        return cache[key]
+
     with torch.no_grad():
         img = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
 
-        def accuracy(texts_per_item, truth):
-            # texts_per_item: the candidate captions (same for every item or a function of the item)
-            correct = 0
-            cache = {}
-            for k, (texts, t) in enumerate(zip(texts_per_item, truth)):
-                key = tuple(texts)
-                if key not in cache:
-                    cache[key] = torch.nn.functional.normalize(
-                        model.encode_text(tokenize(texts, TINY_CONFIG["context_length"])), dim=-1)
-                correct += int((img[k] @ cache[key].T).argmax()) == t
-            return correct / len(truth)
+    def accuracy(items):  # items: (index, candidate captions, index of the true one); balanced over the true ones
+        if not items:
+            return None
+        hits = {}
+        for k, texts, t in items:
+            hits.setdefault(t, []).append(int((img[k] @ encode(texts).T).argmax()) == t)
+        return 100 * float(np.mean([np.mean(h) for h in hits.values()]))
 
-        colours, shapes = list(COLOURS), list(SHAPES)
-        res = {
-            "colour": accuracy([[f"a {c} object." for c in colours]] * n, [colours.index(o["colour"]) for o in objs]),
-            "shape": accuracy([[_articles(f"a {o['colour']} {s}.") for s in shapes] for o in objs],
-                              [shapes.index(o["shape"]) for o in objs]),
-            "position": accuracy([[_articles(f"a {o['colour']} {o['shape']} {POSITION_PHRASES[c][0]}.")
-                                   for c in cell_list] for o in objs], [cell_list.index(c) for c in cells]),
-            "size": accuracy([[_articles(f"a {z} {o['colour']} {o['shape']}.") for z in SIZES] for o in objs],
-                             [list(SIZES).index(o["size"]) for o in objs]),
-        }
-    return res
+    colours, shapes, sizes, cells, edges = list(COLOURS), list(SHAPES), list(SIZES), list(POSITION_PHRASES), \
+        list(EDGE_PHRASES)
+    on_edge = [min(o["x"], 1 - o["x"], o["y"], 1 - o["y"]) < o["r"] for o in objs]
+    edge_of = lambda o: edges[int(np.argmin([o["x"], 1 - o["x"], o["y"], 1 - o["y"]]))]  # noqa: E731
+    res = {
+        "colour": accuracy([(k, [f"a {c} object." for c in colours], colours.index(o["colour"]))
+                            for k, o in enumerate(objs) if o["alpha"] == 1]),
+        "shape": accuracy([(k, [_articles(f"a {o['colour']} {s}.") for s in shapes], shapes.index(o["shape"]))
+                           for k, o in enumerate(objs) if not on_edge[k]]),
+        "position": accuracy([(k, [_articles(f"a {o['colour']} {o['shape']} {POSITION_PHRASES[c][0]}.") for c in cells],
+                               cells.index(_grid_cell(o["x"], o["y"]))) for k, o in enumerate(objs) if not on_edge[k]]),
+        "size": accuracy([(k, [_articles(f"a {SIZE_WORDS[z][0]} {o['colour']} {o['shape']}.") for z in sizes],
+                           sizes.index(o["size"])) for k, o in enumerate(objs) if not on_edge[k]]),
+        "edge": accuracy([(k, [_articles(f"a {o['colour']} {o['shape']} {EDGE_PHRASES[e][0]}.") for e in edges],
+                           edges.index(edge_of(o))) for k, o in enumerate(objs) if on_edge[k]]),
+        "tilted": accuracy([(k, [_articles(f"a {w} {o['colour']} {o['shape']}.") for w in ("upright", "tilted")],
+                             int(is_tilted(o))) for k, o in enumerate(objs)
+                            if not on_edge[k] and o["shape"] in SYMMETRY and (o["angle"] == 0 or is_tilted(o))
+                            and "blur" not in o and o["alpha"] == 1]),
+        "faint": accuracy([(k, [_articles(f"a {o['colour']} {o['shape']}."),
+                                _articles(f"a faint {o['colour']} {o['shape']}.")], int(o["alpha"] < 1))
+                           for k, o in enumerate(objs) if not on_edge[k] and "blur" not in o]),
+        "blurry": accuracy([(k, [_articles(f"a {o['colour']} {o['shape']}."),
+                                 _articles(f"a blurry {o['colour']} {o['shape']}.")], int("blur" in o))
+                            for k, o in enumerate(objs) if not on_edge[k] and o["alpha"] == 1]),
+    }
+    return {k: round(v, 1) for k, v in res.items() if v is not None}
 
 
-def pretrain(steps: int = 1800, batch: int = 128, lr: float = 3e-4, warmup: int = 200, weight_decay: float = 0.2,
-             seed: int = 0, log_every: int = 50, probe_every: int = 300, log=print):
+def pretrain(steps: int = 1600, batch: int = 128, lr: float = 3e-4, warmup: int = 200, weight_decay: float = 0.2,
+             seed: int = 0, log_every: int = 50, probe_every: int = 300, log=print, on_probe=None):
     """Contrastive pretraining of the tiny CLIP on the caption corpus; returns the model (eval mode).
 
     AdamW (betas 0.9/0.98, eps 1e-6 as OpenAI's), linear warm-up then cosine to 0, gradient clipping at 1.0, weight
@@ -927,17 +1133,36 @@ def pretrain(steps: int = 1800, batch: int = 128, lr: float = 3e-4, warmup: int 
     import torch
     import torch.nn.functional as F
     model = build_tiny_clip(seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim == 2 and "embedding" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim == 2 and "embedding" not in n)]
+    # Only the caption tokens' rows of the token table are trained (see FILLER_COUNTS): they live in a small parameter
+    # while training, and the big table stays frozen. The same arithmetic as training the whole table with those rows'
+    # gradient kept (AdamW changes a row with zero gradient and zero decay not at all), without a 49408-row gradient
+    # and optimizer step at every step.
+    table = model.token_embedding.weight
+    table.requires_grad_(False)
+    rows = torch.tensor(sorted(caption_token_ids()))
+    row_of = torch.full((table.shape[0],), -1, dtype=torch.long)
+    row_of[rows] = torch.arange(len(rows))
+    trained_rows = torch.nn.Parameter(table[rows].clone())
+
+    def embed(tokens):
+        k = row_of[tokens]
+        return torch.where((k >= 0)[..., None], trained_rows[k.clamp(min=0)], F.embedding(tokens, table))
+
+    model.token_embedding.forward = embed
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad] + [("token_rows", trained_rows)]
+    decay = [p for n, p in params if p.ndim == 2 and "embedding" not in n and n != "token_rows"]
+    rest = [p for n, p in params if not (p.ndim == 2 and "embedding" not in n and n != "token_rows")]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+    def write_back():  # the trained rows into the table, for probing and saving
+        with torch.no_grad():
+            table[rows] = trained_rows
 
     def schedule(s):  # linear warm-up, then cosine to 0
         return (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    frozen = torch.ones(model.vocab_size, dtype=torch.bool)  # token rows kept at their initial values
-    frozen[sorted(caption_token_ids())] = False
     t0, running = time.time(), []
     for step in range(steps):
         model.train()
@@ -947,8 +1172,7 @@ def pretrain(steps: int = 1800, batch: int = 128, lr: float = 3e-4, warmup: int 
         loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        model.token_embedding.weight.grad[frozen] = 0  # filler tokens: see FILLER_COUNTS
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
         sched.step()
         with torch.no_grad():
@@ -959,7 +1183,13 @@ def pretrain(steps: int = 1800, batch: int = 128, lr: float = 3e-4, warmup: int 
                 f"lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f} s")
             running = []
         if log and probe_every and ((step + 1) % probe_every == 0 or step + 1 == steps):
+            write_back()
             log(f"  stills zero-shot: {still_probe(model)}")
+            if on_probe:  # e.g. save an intermediate checkpoint
+                on_probe(model, step + 1)
+    write_back()
+    del model.token_embedding.forward  # back to nn.Embedding's own
+    table.requires_grad_(True)
     return model.eval()
 
 
@@ -1033,35 +1263,40 @@ class World:
     toy-k400 plays Kinetics-400 (zero-shot source, fully supervised), toy-hmdb and toy-ucf play HMDB-51 and UCF-101
     (zero-shot targets; few-shot and base-to-novel on toy-hmdb, or on the first toy dataset named by --targets)."""
 
-    # 8 frames of a tiny CLIP on a CPU. Learning rate and batch measured on toy-hmdb, 16 shots (README): lr 3e-4 learns
-    # best (1e-3 falls back), batch 8 gives the small datasets enough steps; 10 epochs reach within 1.5 points of 20.
-    # No mixup, and crop-only augmentation: a flip turns "moving to the left" into "moving to the right", a hue shift
-    # turns "red" into "orange". Prompts: the tiny CLIP has 4 layers.
+    # 8 frames of a tiny CLIP on a CPU. Measured on the world's validation split (MINIWORLD_EVAL=val), toy-hmdb, seed 1
+    # (benchmarks/README.md): 16 shots, lr 3e-4 gave 43.3% against 40.6% at 1e-4 (2 shots favour 1e-4: 23.3 against
+    # 18.6, both above vanilla CLIP's 11.7); base-to-novel at 3e-4 raises novel accuracy (23.3 -> 27.2). Batch 8 gives
+    # the small datasets enough steps. Zero-shot: 2 epochs of toy-k400, set by the CPU budget, not measured. No mixup,
+    # and crop-only augmentation: a flip turns "moving to the left" into "moving to the right", a hue shift turns "red"
+    # into "orange". The few-shot and base-to-novel runs evaluate once, at the end. The tiny CLIP has 4 layers.
     defaults = dict(
         common=dict(clip=TINY_CLIP_NAME, warmup_epochs=1, mixup=0.0, cutmix=0.0, label_smoothing=0.0, augment="crop",
-                    eval_every=5, max_micro_batch=8),
-        zeroshot=dict(frames=8, epochs=3, batch_size=8, lr=3e-4),
+                    eval_every=10, max_micro_batch=8),
+        zeroshot=dict(frames=8, epochs=2, batch_size=8, lr=3e-4),
         base2novel=dict(frames=8, epochs=10, batch_size=8, lr=3e-4),
         fewshot=dict(frames=8, epochs=10, batch_size=8, lr=3e-4),
         fully=dict(frames=8, epochs=3, batch_size=8, lr=3e-4, num_clips=2, num_crops=3),
         prompts=dict(n_ctx_text=8, n_ctx_vision=8, depth_text=4, depth_vision=4))
 
     def splits(self, cfg) -> tuple:
+        """Evaluated on each dataset's test split; $MINIWORLD_EVAL=val evaluates on the validation split instead
+        (how the defaults above were chosen, so that the reported figures were not tuned on)."""
         def load(name, which):
             p = dataset_paths(name, cfg.data_root or None, reduced=cfg.reduced_world)
             return protocols.load_split(f"{name} {which}" if cfg.setting != "zeroshot" else name, p["root"], p[which],
                                         p["labels"])
 
+        ev = eval_split()
         named = [t for t in cfg.targets.split(",") if t]
         unknown = [t for t in named if t not in DATASETS]
         if unknown:
             raise ValueError(f"--targets: {unknown} are not datasets of the embedded world ({list(DATASETS)})")
         if cfg.setting == "zeroshot":
-            return load("toy-k400", "train"), [load(t, "val") for t in named or ZEROSHOT_TARGETS]
+            return load("toy-k400", "train"), [load(t, ev) for t in named or ZEROSHOT_TARGETS]
         if cfg.setting == "fully":
-            return load("toy-k400", "train"), [load("toy-k400", "val")]
+            return load("toy-k400", "train"), [load("toy-k400", ev)]
         target = named[0] if named else DEFAULT_TARGET
-        train, val = load(target, "train"), load(target, "val")
+        train, val = load(target, "train"), load(target, ev)
         if cfg.setting == "fewshot":
             return protocols.kshot(train, cfg), [val]
         return protocols.base_novel(train, val, cfg)
@@ -1084,9 +1319,10 @@ def main(argv=None):
     g.add_argument("--workers", type=int, default=None)
     p = sub.add_parser("pretrain", help="pretrain the tiny CLIP on the caption corpus and write the packed checkpoint")
     p.add_argument("--out", default=ASSET)
-    p.add_argument("--steps", type=int, default=1800)
+    p.add_argument("--steps", type=int, default=1600)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--probe-every", type=int, default=500, help="probe the stills (and save <out>.step<N>) this often")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (the shipped asset was built with 1; a busy machine also runs it fastest)")
@@ -1098,20 +1334,24 @@ def main(argv=None):
         import torch
         torch.set_num_threads(args.threads)
         t0 = time.time()
-        model = pretrain(args.steps, args.batch, args.lr, seed=args.seed, log=lambda s: print(s, flush=True))
+        def save_intermediate(model, step):
+            if step < args.steps:
+                torch.save(pack_checkpoint(model.state_dict(), args.seed), f"{args.out}.step{step}")
+
+        model = pretrain(args.steps, args.batch, args.lr, seed=args.seed, probe_every=args.probe_every,
+                         log=lambda s: print(s, flush=True), on_probe=save_intermediate)
         packed = pack_checkpoint(model.state_dict(), args.seed)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         torch.save(packed, args.out)
         print(f"wrote {args.out}: {os.path.getsize(args.out) / 1e6:.1f} MB, {len(packed['token_rows'])} trained token "
               f"rows, state dict sha256 {packed['sha256']}, {time.time() - t0:.0f} s", flush=True)
     else:
-        for name, (classes, step, n_val) in DATASETS.items():
+        for name, (classes, _, _, n_val, n_test) in DATASETS.items():
             counts = train_counts(name)
             print(f"{name} ({ROLES[name]}'s role): {len(classes)} classes, {sum(counts)} training videos "
-                  f"({min(counts)}-{max(counts)} per class), {n_val} validation videos per class")
+                  f"({min(counts)}-{max(counts)} per class), {n_val} validation and {n_test} test videos per class")
             for i, spec in enumerate(classes):
-                print(f"  {i:2d} {spec['name']:<36} {MOTION_CUE[spec['motion']]:<6} train {counts[i]}")
-
+                print(f"  {i:2d} {spec['name']:<44} {MOTION_CUE[spec['motion']]:<6} train {counts[i]}")
 
 if __name__ == "__main__":
     main()

@@ -45,6 +45,7 @@ import av
 
 import data
 import video_decoder
+import video_index
 
 SHORT_SIDE = 256
 GOP = 16
@@ -180,7 +181,11 @@ def prepare(src_root, samples, dst_root, short_side=SHORT_SIDE, gop=GOP, workers
     """Prepare every video of samples ([(relpath, label)]) from src_root into dst_root; returns
     {"done": n, "skipped": n, "failed": [(relpath, reason)]}. workers > 0: that many processes."""
     paths = list(dict.fromkeys(rel for rel, _ in samples))  # each video once, in list order
-    jobs = [(rel, os.path.join(src_root, rel), os.path.join(dst_root, rel), short_side, gop) for rel in paths]
+    # The source as downloaded (at its listed path, or by its name in any folder: video_index); the prepared copy at
+    # the listed path, so that the list reads it from DST_ROOT whatever the download's layout was.
+    found = video_index.locate(src_root, paths)
+    jobs = [(rel, os.path.join(src_root, src or rel), os.path.join(dst_root, rel), short_side, gop)
+            for rel, src in zip(paths, found)]
     result = {"done": 0, "skipped": 0, "failed": []}
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
     try:

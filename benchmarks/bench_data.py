@@ -6,7 +6,7 @@ by prepare_videos.py against the original videos, on generated clips.
 H.264 clips are written with PyAV into a temporary folder, shaped like UCF-101 (320x240, 25 fps, 7 s), Kinetics
 (340x256, 30 fps, 10 s) and Kinetics' many HD originals (1280x720 and 1920x1080, 30 fps, 10 s): a panning textured
 background, moving blocks and sensor noise, encoded by libx264 (B-frames, one keyframe per 250 frames) at its default
-quality for the small clips (0.5-0.65 Mbit/s) and at YouTube-like 2.5 and 4.5 Mbit/s for the HD ones. The HD clips
+quality for the small clips (0.55-0.65 Mbit/s) and at 2.5 and 4.5 Mbit/s for the HD ones. The HD clips
 are also prepared once (prepare_videos.transcode: short side 256, a keyframe every 16 frames).
 
 Each method loads a 32-frame clip:

@@ -1,8 +1,8 @@
-"""Zero-shot top-1 of the tiny image-pretrained CLIP on the embedded world's validation videos (issue 4's acceptance).
+"""Zero-shot top-1 of the tiny image-pretrained CLIP on the embedded world's test videos (issue 4's acceptance).
 
     python benchmarks/miniworld_zeroshot.py [--clip miniworld-tiny] [--json out.json]
 
-For each dataset of miniworld.py, every validation video is read through data.py (evaluation view, 48 px) and
+For each dataset of miniworld.py, every test video ($MINIWORLD_EVAL=val: validation video) is read through data.py (evaluation view, 48 px) and
 classified by cosine similarity with the class names' text embeddings, as vanilla CLIP is in the paper (Table 1,
 "Vanilla CLIP" rows). Two prompts ("a photo of a {}." and the bare class name) and two ways to see a video:
   single frame   T = 1: the video's centre frame, i.e. CLIP on an image
@@ -32,8 +32,8 @@ PROMPTS = {"a photo of a {}.": "a photo of a {}.", "bare name": "{}"}
 
 @torch.no_grad()
 def video_features(model, paths, frames, batch=32):
-    """[N, T, D] normalised frame embeddings of a dataset's validation videos, and their labels."""
-    ds = data.VideoDataset(paths["root"], paths["val"], paths["labels"], num_frames=frames, train=False,
+    """[N, T, D] normalised frame embeddings of a dataset's evaluation videos, and their labels."""
+    ds = data.VideoDataset(paths["root"], paths["eval"], paths["labels"], num_frames=frames, train=False,
                            input_size=model.visual.input_resolution, decode_threads=1)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=0)
     feats, labels = [], []

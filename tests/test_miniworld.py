@@ -2,6 +2,7 @@
 labels, is deterministic and safe to generate from two processes at once; the shipped tiny CLIP loads by name."""
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
@@ -47,7 +48,7 @@ def test_reduced_world_decodes_through_data_py_with_the_right_labels(reduced_wor
     classes = miniworld.DATASETS[name][0]
     names = data.read_labels(paths["labels"])
     assert names == [spec["name"] for spec in classes]
-    for split, per_class in (("train", miniworld.REDUCED["train"]), ("val", miniworld.REDUCED["val"])):
+    for split, per_class in ((s, miniworld.REDUCED[s]) for s in miniworld.SPLITS):
         samples = data.read_list(paths[split], len(names))
         assert len(samples) == per_class * len(names)
         for rel, label in samples:  # the label is the class whose folder holds the file
@@ -60,16 +61,18 @@ def test_reduced_world_decodes_through_data_py_with_the_right_labels(reduced_wor
 
 
 def test_the_pixels_show_the_label(reduced_world):
-    """Decoded through data.py, 'moving to the left' moves left, 'growing' grows, 'blinking' vanishes and comes back."""
+    """Decoded through data.py, 'moving to the left edge' moves left until the edge cuts it, 'growing until huge'
+    grows, 'blinking' vanishes and comes back."""
     paths = miniworld.dataset_paths("toy-hmdb", root=os.path.dirname(reduced_world), reduced=True)
     names = data.read_labels(paths["labels"])
     by_name = {names[label]: rel for rel, label in data.read_list(paths["val"], len(names))}
     T = miniworld.REDUCED["frames"]
     decode = lambda name: video_decoder.decode_frames(os.path.join(paths["root"], by_name[name]), list(range(T)))  # noqa: E731
-    mask = object_mask(decode("moving to the left"))
+    mask = object_mask(decode("moving to the left edge"))
     xs = [np.nonzero(m)[1].mean() for m in mask]
     assert xs[-1] < xs[0] - 10  # pixels of a 64-pixel frame
-    area = object_mask(decode("growing")).sum(axis=(1, 2))
+    assert mask[-1][:, 0].any() and not mask[0][:, 0].any()  # it ends cut off by the left edge
+    area = object_mask(decode("growing until huge")).sum(axis=(1, 2))
     assert area[-1] > 4 * area[0]
     area = object_mask(decode("blinking")).sum(axis=(1, 2))
     assert area.min() == 0 and area.max() > 20
@@ -93,23 +96,48 @@ def test_two_processes_at_once_make_one_world(tmp_path):
     assert all(p.returncode == 0 for p in procs), outs
     folders = {out.strip() for out, _ in outs}
     assert folders == {miniworld.world_dir(str(tmp_path), seed=3, reduced=True)}
-    assert sum("generating" in err for _, err in outs) == 1  # the second waited on the lock and found it done
+    # each dataset was generated once: the second process waited on the lock and found them done
+    assert sum(err.count("generating") for _, err in outs) == len(miniworld.DATASETS)
     assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(f) for f in folders] +
                                                   [os.path.basename(f) + ".lock" for f in folders])
     folder = folders.pop()
+    assert sorted(os.listdir(folder)) == sorted(miniworld.DATASETS)
     for name in miniworld.DATASETS:
         paths = miniworld.dataset_paths(name, root=str(tmp_path), seed=3, reduced=True)
-        for rel, _ in data.read_list(paths["val"]):
-            assert os.path.getsize(os.path.join(paths["root"], rel)) > 0
-    assert open(os.path.join(folder, "WORLD.txt")).read() == miniworld._stamp(3, True)
+        for split in miniworld.SPLITS:
+            for rel, _ in data.read_list(paths[split]):
+                assert os.path.getsize(os.path.join(paths["root"], rel)) > 0
+        assert open(os.path.join(folder, name, "DATASET.txt")).read() == miniworld._stamp(name, 3, True)
 
 
-def test_a_world_of_another_version_is_regenerated(tmp_path, monkeypatch):
-    folder = miniworld.ensure_world(str(tmp_path), reduced=True)
-    with open(os.path.join(folder, "WORLD.txt"), "w") as f:
+def test_a_dataset_is_generated_on_first_use_only(tmp_path):
+    paths = miniworld.dataset_paths("toy-hmdb", root=str(tmp_path), reduced=True)
+    folder = miniworld.world_dir(str(tmp_path), reduced=True)
+    assert os.listdir(folder) == ["toy-hmdb"] and paths["root"].startswith(os.path.join(folder, "toy-hmdb"))
+
+
+def test_evaluation_is_on_test_unless_the_variable_says_val(tmp_path, monkeypatch):
+    """train.py evaluates on paths["eval"]: the test split by default, val for choosing settings."""
+    monkeypatch.delenv("MINIWORLD_EVAL", raising=False)
+    paths = miniworld.dataset_paths("toy-hmdb", root=str(tmp_path), reduced=True)
+    assert paths["eval"] == paths["test"] != paths["val"]
+    monkeypatch.setenv("MINIWORLD_EVAL", "val")
+    assert miniworld.dataset_paths("toy-hmdb", root=str(tmp_path), reduced=True)["eval"] == paths["val"]
+    monkeypatch.setenv("MINIWORLD_EVAL", "train")
+    with pytest.raises(ValueError, match="MINIWORLD_EVAL"):
+        miniworld.dataset_paths("toy-hmdb", root=str(tmp_path), reduced=True)
+    # the splits hold different videos
+    names = {s: {rel for rel, _ in data.read_list(paths[s])} for s in miniworld.SPLITS}
+    assert not (names["val"] & names["test"]) and not (names["train"] & names["test"])
+
+
+def test_a_dataset_of_another_version_is_regenerated(tmp_path):
+    folder = miniworld.ensure_world(str(tmp_path), reduced=True, datasets="toy-ucf")
+    stamp = os.path.join(folder, "toy-ucf", "DATASET.txt")
+    with open(stamp, "w") as f:
         f.write("miniworld version 0\n")  # as if an older miniworld.py had written it
-    assert miniworld.ensure_world(str(tmp_path), reduced=True) == folder
-    assert open(os.path.join(folder, "WORLD.txt")).read() == miniworld._stamp(0, True)
+    assert miniworld.ensure_world(str(tmp_path), reduced=True, datasets="toy-ucf") == folder
+    assert open(stamp).read() == miniworld._stamp("toy-ucf", 0, True)
 
 
 def test_the_caption_corpus_is_deterministic_and_names_what_it_shows():
@@ -119,9 +147,36 @@ def test_the_caption_corpus_is_deterministic_and_names_what_it_shows():
     words = miniworld.caption_words()
     for vocabulary in (miniworld.COLOURS, miniworld.SHAPES):
         assert set(vocabulary) <= words
+    for phrases in (miniworld.EDGE_PHRASES, miniworld.STATE_WORDS, miniworld.DISTANCE_PHRASES):
+        for phrase in (p for group in phrases.values() for p in group):
+            assert set(re.findall(r"[a-z]+", phrase)) <= words, phrase
     # Class names that a still can describe use caption words only (apart from "moving"); motion words are unseen.
-    assert miniworld.unseen_words("red circle moving to the left") == ["moving"]
-    assert miniworld.unseen_words("rotating") == ["rotating"]
+    assert miniworld.unseen_words("red circle moving to the left edge") == ["moving"]
+    assert miniworld.unseen_words("fading until faint") == ["fading", "until"]
+    assert miniworld.unseen_words("spinning") == ["spinning"]
+    # No class name's word and no reserved motion word is a filler token of pretraining.
+    from tokenizer import default_tokenizer
+    tok, fillers = default_tokenizer(), set(miniworld.filler_token_ids().tolist())
+    for classes, *_ in miniworld.DATASETS.values():
+        for spec in classes:
+            assert not set(tok.encode(spec["name"])) & fillers, spec["name"]
+    assert not set(tok.encode(" ".join(miniworld.RESERVED_WORDS))) & fillers
+
+
+def test_stills_show_their_states():
+    """A faint object is drawn faintly, a blurry one smeared (more pixels partly covered), an edge object cut off."""
+    rng = np.random.default_rng(0)
+    bg = {**miniworld.random_background(rng), "kind": "plain", "base": [0, 0, 0]}
+    obj = dict(miniworld.random_object(rng, "white", "square", "big"), x=0.5, y=0.5, angle=0.0)
+    sharp = miniworld.render({"background": bg, "objects": [obj]}).astype(float)
+    faint = miniworld.render({"background": bg, "objects": [dict(obj, alpha=0.3)]}).astype(float)
+    blurry = miniworld.render({"background": bg, "objects": [dict(obj, blur=[0.15, 0.0])]}).astype(float)
+    assert 0.2 < faint.max() / sharp.max() < 0.45
+    partly = lambda img: ((img.mean(-1) > 40) & (img.mean(-1) < 200)).sum()  # noqa: E731
+    assert partly(blurry) > 3 * partly(sharp)
+    edge = dict(obj)
+    miniworld.place_on_edge(edge, "left", rng)
+    assert edge["x"] < edge["r"]
 
 
 def test_pack_unpack_is_bit_exact():

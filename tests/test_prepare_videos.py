@@ -186,3 +186,17 @@ def test_bad_arguments_exit_with_status_2(tmp_path, capsys):
             prepare_videos.main(argv)
         assert e.value.code == 2
     assert not os.path.exists(tmp_path / "dst")
+
+
+def test_a_download_in_class_folders_is_prepared_at_the_listed_paths(tmp_path, monkeypatch):
+    """HMDB-51 as extracted (one folder per class) with the authors' flat list: each source is found by its name
+    (video_index) and its prepared copy written at the listed path, so the list reads DST_ROOT as it is."""
+    monkeypatch.setenv("VIFI_CACHE", str(tmp_path / "cache"))
+    src, dst = tmp_path / "hmdb", tmp_path / "prepared"
+    write_video(str(src / "brush_hair" / "April_09_brush_hair_u_nm_np1_ba_goo_0.avi"), "mpeg4")
+    write_video(str(src / "cartwheel" / "Bodenturnen_cartwheel_f_cm_np1_le_med_0.avi"), "mpeg4")
+    samples = [("April_09_brush_hair_u_nm_np1_ba_goo_0.avi", 0), ("Bodenturnen_cartwheel_f_cm_np1_le_med_0.avi", 1)]
+    data.write_list(str(tmp_path / "list.txt"), samples)
+    assert prepare_videos.main([str(src), str(tmp_path / "list.txt"), str(dst), "--workers", "0"]) == 0
+    for rel, _ in samples:
+        assert indices_of(str(dst / rel))[0] == 40

@@ -107,9 +107,9 @@ def test_readme_command_runs(command, tmp_path):
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     if "prepare_videos.py" in command:  # every listed video re-encoded, at its listed path
         assert all(os.path.isfile(tmp_path / "prepared" / p) for p, _ in data.read_list(tmp_path / "twenty.txt"))
-    if "train.py --setting" in command:  # the main job: a result on the embedded world's validation set
+    if "train.py --setting" in command:  # the main job: a result on the embedded world's test set
         metrics = json.load(open(tmp_path / "out" / "metrics.json"))
-        assert metrics["reports"]["toy-hmdb val"]["videos"] == len(data.read_list(world["val"]))
+        assert metrics["reports"][f"toy-hmdb {miniworld.eval_split()}"]["videos"] == len(data.read_list(world["eval"]))
         assert metrics["summary"]["top1"] > 100 / len(miniworld.TOY_HMDB)  # above chance
         print(f"{command}: top-1 {metrics['summary']['top1']:.1f}, {metrics['world_size']} processes")
 

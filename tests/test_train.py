@@ -50,7 +50,7 @@ def weights(out, name="last.pt"):
 
 def test_fewshot(world, tiny_clip, tmp_path):
     metrics = run(tmp_path, world, tiny_clip, "--setting", "fewshot", "--k", "2")
-    report = metrics["reports"]["toy-hmdb val"]
+    report = metrics["reports"][f"toy-hmdb {miniworld.eval_split()}"]
     assert report["videos"] == len(miniworld.TOY_HMDB) and report["unreadable"] == 0
     assert metrics["summary"]["top1"] == report["top1"]
     correct = report["top1"] * report["videos"] / 100  # a whole number of the 16 videos
@@ -83,8 +83,9 @@ def test_zeroshot_trains_on_source_and_evaluates_every_target(world, tiny_clip, 
 def test_fully_supervised_evaluates_multi_view_and_single_view(world, tiny_clip, tmp_path):
     metrics = run(tmp_path, world, tiny_clip, "--setting", "fully", "--max-steps", "1", "--num-clips", "2",
                   "--num-crops", "3")
-    assert set(metrics["reports"]) == {"toy-k400 val", "toy-k400 val (1 view)"}
-    assert metrics["reports"]["toy-k400 val"]["videos"] == len(miniworld.TOY_K400)
+    name = f"toy-k400 {miniworld.eval_split()}"
+    assert set(metrics["reports"]) == {name, f"{name} (1 view)"}
+    assert metrics["reports"][name]["videos"] == len(miniworld.TOY_K400)
 
 
 def test_vanilla_zero_shot_evaluation_only(world, tiny_clip, tmp_path):
