@@ -38,6 +38,30 @@ def test_there_are_notebooks_and_they_are_small():
         assert os.path.getsize(path) < 1_500_000, f"{path}: {os.path.getsize(path) / 1e6:.1f} MB"
 
 
+def test_notebooks_name_what_they_reproduce_and_check_their_claims():
+    """The top cell names the paper's figures and tables the notebook reproduces (or says it reproduces none), and
+    the claims the text makes are check()ed against the outputs (notebook_helpers.check raises when one fails)."""
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        top = nb.cells[0].source
+        assert "Reproduces" in top, f"{os.path.basename(path)}: the first cell should say what of the paper it reproduces"
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert "import notebook_helpers" in code, f"{os.path.basename(path)}: setup through notebooks/notebook_helpers.py"
+        assert "check(" in code, f"{os.path.basename(path)}: no claim of its text is checked"
+
+
+def test_check_prints_a_claim_that_holds_and_raises_on_one_that_does_not(capsys):
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "notebooks"))
+    import notebook_helpers
+    notebook_helpers.check(2 > 1, "two beats one")
+    assert "two beats one" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="one beats two"):
+        notebook_helpers.check(1 > 2, "one beats two")
+    assert notebook_helpers.change(16.25, 24.58) == "rises from 16.2% to 24.6%"
+    assert notebook_helpers.change(39.5, 39.17) == "falls from 39.5% to 39.2%"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p)[:-len(".ipynb")] for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path, embedded_world, tmp_path):
