@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import clip_model  # noqa: E402
+import clip_weights  # noqa: E402
 import tokenizer  # noqa: E402
 import vifi  # noqa: E402
 import vifi_weights  # noqa: E402
@@ -70,7 +71,7 @@ def world_agreement(init_from=None, limit=None, batch=8):
     paths = miniworld.dataset_paths(miniworld.DEFAULT_TARGET)
     names = data.read_labels(paths["labels"])
     samples = data.read_list(paths["val"], len(names))[:limit]
-    model = vifi.ViFiCLIP(clip_model.load(clip_model.TINY_MODEL_NAME), names, train_mode="none",
+    model = vifi.ViFiCLIP(clip_weights.load(clip_weights.TINY_MODEL_NAME), names, train_mode="none",
                           templates=vifi.FINETUNE_TEMPLATE if init_from else vifi.ZERO_SHOT_TEMPLATE).eval()
     if init_from:
         vifi_weights.load_weights(model, init_from)
