@@ -136,10 +136,11 @@ class Transformer(nn.Module):
         self.resblocks = nn.Sequential(*[ResidualBlock(width, heads) for _ in range(layers)])
         self.grad_checkpointing = False  # recompute each layer's activations in backward: less memory, ~30% slower
 
-    def forward(self, x: torch.Tensor, read: torch.Tensor, causal: bool = False, deep_prompts: Optional[list] = None,
-                prompt_start: int = 0) -> torch.Tensor:
-        """x: [N, L, W] -> [N, W], the last layer's output at position read[n] ([N]) of each sequence (block_at).
-        deep_prompts[i-1] ([n_ctx, W]) replaces x[:, prompt_start:prompt_start+n_ctx] before layer i (Sec. 5)."""
+    def forward(self, x: torch.Tensor, read: Optional[torch.Tensor] = None, causal: bool = False,
+                deep_prompts: Optional[list] = None, prompt_start: int = 0) -> torch.Tensor:
+        """x: [N, L, W] -> [N, L, W]; with read ([N] positions), only the last layer's output at position read[n] of
+        each sequence, [N, W] (block_at: what each tower reads, for less work). deep_prompts[i-1] ([n_ctx, W])
+        replaces x[:, prompt_start:prompt_start+n_ctx] before layer i (Sec. 5)."""
         deep_prompts = deep_prompts or []
         if len(deep_prompts) >= self.layers:
             raise ValueError(f"{len(deep_prompts)} deep prompts for {self.layers} layers: at most layers - 1 "
@@ -148,10 +149,10 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.resblocks):
             if 1 <= i <= len(deep_prompts):
                 x = replace_tokens(x, prompt_start, deep_prompts[i - 1])
-            if i < self.layers - 1:
-                x = run(block, x, causal, use_reentrant=False)
-            else:
+            if read is not None and i == self.layers - 1:
                 x = run(block_at, block, x, read, causal, use_reentrant=False)
+            else:
+                x = run(block, x, causal, use_reentrant=False)
         return x
 
 

@@ -96,7 +96,7 @@ def main():
     t0 = time.time()
     model = clip_weights.load(args.clip).eval()
     results = {}
-    print("| dataset (role) | classes, val videos | chance | prompt | view | top-1 | frame cls | motion cls | "
+    print(f"| dataset (role) | classes, {miniworld.eval_split()} videos | chance | prompt | view | top-1 | frame cls | motion cls | "
           "order cls | caption-word cls |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.datasets.split(","):

@@ -576,3 +576,15 @@ def test_last_layer_attention_matches_openai_attention_weights(b16_pair):
     finally:
         hook.remove()
     torch.testing.assert_close(clip_model.last_layer_attention(ours, images), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_transformer_read_at_one_position_per_sequence_is_the_full_one_there(small_pair):
+    """Transformer(x) gives every position (notebook 1 walks through it); Transformer(x, read) the last layer at one
+    position per sequence only, the same values."""
+    _, ours = small_pair
+    torch.manual_seed(8)
+    x, read = torch.randn(3, 9, 64), torch.tensor([8, 0, 3])
+    with torch.no_grad():
+        full = ours.transformer(x, causal=True)
+        torch.testing.assert_close(ours.transformer(x, read, causal=True), full[range(3), read], atol=1e-6, rtol=1e-5)
+    assert full.shape == (3, 9, 64)

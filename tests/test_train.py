@@ -110,11 +110,13 @@ def test_bridge_and_prompt_from_a_fine_tuned_model(world, tiny_clip, tmp_path):
 
 
 def test_resume_mid_epoch_ends_with_identical_weights(world, tiny_clip, tmp_path):
-    common = ("--setting", "fewshot", "--k", "2", "--epochs", "2", "--batch-size", "8")  # 4 steps per epoch
+    common = ("--setting", "fewshot", "--k", "2", "--epochs", "2", "--batch-size", "8")
+    per_epoch = 2 * len(miniworld.TOY_HMDB) // 8  # steps per epoch
     run(tmp_path / "straight", world, tiny_clip, *common)
-    run(tmp_path / "stopped", world, tiny_clip, *common, "--max-steps", "6")  # stops in the middle of epoch 2
+    stop = per_epoch + per_epoch // 2  # in the middle of epoch 2
+    run(tmp_path / "stopped", world, tiny_clip, *common, "--max-steps", str(stop))
     stopped = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)["state"]
-    assert (stopped["epoch"], stopped["step_in_epoch"], stopped["step"]) == (1, 2, 6)
+    assert (stopped["epoch"], stopped["step_in_epoch"], stopped["step"]) == (1, per_epoch // 2, stop)
     run(tmp_path / "stopped", world, tiny_clip, *common, "--resume")
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "stopped")
     assert straight.keys() == resumed.keys()
@@ -128,10 +130,11 @@ def log_lines(out):
 
 def test_a_resumed_epoch_logs_all_of_its_steps_once(world, tiny_clip, tmp_path):
     """Killed in the middle of epoch 2 (after a checkpoint), resumed: log.jsonl has one line per epoch, and epoch 2's
-    line covers its 4 steps, not only the 2 after the checkpoint."""
-    common = ("--setting", "fewshot", "--k", "2", "--epochs", "2", "--batch-size", "8")  # 4 steps per epoch
+    line covers all its steps, not only those after the checkpoint."""
+    common = ("--setting", "fewshot", "--k", "2", "--epochs", "2", "--batch-size", "8")
+    per_epoch = 2 * len(miniworld.TOY_HMDB) // 8  # steps per epoch
     run(tmp_path / "straight", world, tiny_clip, *common)
-    run(tmp_path / "stopped", world, tiny_clip, *common, "--max-steps", "6")
+    run(tmp_path / "stopped", world, tiny_clip, *common, "--max-steps", str(per_epoch + per_epoch // 2))
     train.main(["--resume", "--out", str(tmp_path / "stopped")])  # the interrupted run's flags are in its checkpoint
     straight, resumed = log_lines(tmp_path / "straight"), log_lines(tmp_path / "stopped")
     assert [r["epoch"] for r in resumed] == [1, 2]
@@ -149,7 +152,7 @@ def test_a_kill_between_checkpoint_and_log_repeats_no_line(world, tiny_clip, tmp
     real_save, real_write_log = run_files.atomic_save, run_files.write_log
 
     def kill_at_epoch_end_save(obj, path):
-        if path.endswith("last.pt") and obj["state"]["step"] == 4:  # the checkpoint of epoch 1's end
+        if path.endswith("last.pt") and obj["state"]["step"] == 2 * len(miniworld.TOY_HMDB) // 8:  # epoch 1's end
             with open(path + ".tmp", "wb") as f:  # what a kill while writing leaves
                 f.write(b"half a checkpoint")
             raise KeyboardInterrupt
@@ -312,7 +315,7 @@ def test_labels_outside_the_csv_are_refused(world, tiny_clip, tmp_path):
     dataset = custom_dataset(world, tmp_path)
     with open(tmp_path / "val.txt", "a") as f:
         f.write("some/video.mp4 99\n")
-    with pytest.raises(train.UserError, match=r"val\.txt:16: label 99 outside the 16 classes"):
+    with pytest.raises(train.UserError, match=rf"val\.txt:16: label 99 outside the {len(miniworld.TOY_HMDB)} classes"):
         train.main(["--setting", "fewshot", "--k", "2", "--clip", tiny_clip, *dataset, "--out", str(tmp_path)])
 
 
