@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import clip_model  # noqa: E402
 import clip_weights  # noqa: E402
 import data  # noqa: E402
 import miniworld  # noqa: E402
