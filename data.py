@@ -1,45 +1,38 @@
 """Video data for ViFi-CLIP: split lists, sparse frame sampling, augmentation, clips, bad videos (paper Sec. 3-4,
 Appendix B-D).
 
-Files (the authors' layout; shipped in splits/): a list file holds "relative/path label" per line (the label is the
-last field, so paths may hold spaces); a labels CSV holds "id,name" rows.
+A list file holds "relative/path label" per line (the label is the last field, so paths may hold spaces); a labels CSV
+holds "id,name" rows: the authors' layout, shipped in splits/.
 
 Reading order:
   read_labels, read_list            the files (DatasetError "file:line: ..." for anything malformed)
-  kshot_split, base_novel_split     the few-shot and base-to-novel splits (Sec. 3); base = the most frequent half of
-                                    the classes, numbered as the authors' shipped base/novel label files
-  sample_indices                    sparse segment sampling (TSN): T segments, a random frame of each in training,
-                                    the centre in evaluation, evenly spread views for multi-view evaluation
-  eval_plan, train_plan, apply_plan one geometry and colour change per clip (multi-scale crop, flip, colour jitter,
-                                    grayscale), applied as crop boxes resized straight to the input size
+  kshot_split, base_novel_split     the few-shot and base-to-novel splits (Sec. 3)
+  sample_indices                    sparse segment sampling (TSN): T segments, one frame of each
+  eval_plan, train_plan, apply_plan one geometry and colour change per clip, as crop boxes resized to the input size
   VideoDataset, collate             clips [V*T, 3, S, S] (V = num_clips x num_crops views) with label, index, ok
   mixup_cutmix                      the authors' mixup / cutmix with label smoothing
-  check_videos, main                `python data.py --check ROOT LIST LABELS`: exit status 0 every video readable,
-                                    1 unreadable videos found (listed), 2 bad arguments or list files
 
-Bad videos: a missing, empty, truncated or undecodable video never stops a run. VideoDataset catches the error, logs
-the path once, records it in a table shared by the DataLoader workers (num_failures() counts distinct videos) and
-returns ok=False. Training gets the next readable sample instead (deterministically), so the batch is complete;
-evaluation gets a zero clip with the true label, which counts as wrong and stays in the denominator.
+Bad videos: a missing, empty, truncated or undecodable video never stops a run. VideoDataset logs it once, records it
+in a table shared by the DataLoader workers and returns ok=False: training gets the next readable sample instead
+(deterministically), so the batch is complete; evaluation gets a zero clip with the true label, which counts as wrong
+and stays in the denominator.
 
 Determinism: evaluation views depend only on the video; training randomness (frame positions, crop, flip, colour)
 comes from a generator seeded by (seed, epoch, index), so a resumed run reproduces it.
 
-Beside this file: video_decoder.py (decodes only the frames a clip needs) and video_index.py (finds listed videos in a
-dataset folder as downloaded, and checks a list before anything heavy).
+Beside this file: video_decoder.py (decodes only the frames a clip needs), video_index.py (finds listed videos in a
+dataset folder as downloaded) and check_dataset.py (`python check_dataset.py ROOT LIST LABELS`: every video readable?).
 """
-import argparse
 import csv
 import logging
 import math
 import os
-import sys
 
 import numpy as np
 import torch
 
 from video_decoder import DECODE_ERRORS, VideoReader
-from video_index import DatasetError, locate
+from video_index import DatasetError
 
 log = logging.getLogger("data")
 
@@ -178,19 +171,11 @@ def base_novel_split(samples, class_names, base_names=None, novel_names=None):
 
 
 def subset_ids(class_names, names):
-    """Ids of `names` in class_names; unknown names are an error."""
     old_id = {n: i for i, n in enumerate(class_names)}
     unknown = [n for n in names if n not in old_id]
     if unknown:
         raise ValueError(f"class names not in the full label list: {unknown[:5]}")
     return [old_id[n] for n in names]
-
-
-def subset_classes(samples, class_names, keep_names):
-    """Samples of the classes named in keep_names, relabelled to their position there (e.g. to build the
-    Kinetics-400 base_train.txt from train.txt with the official base labels)."""
-    new_id = {c: i for i, c in enumerate(subset_ids(class_names, keep_names))}
-    return [(p, new_id[y]) for p, y in samples if y in new_id]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -218,9 +203,8 @@ def sample_indices(num_frames, T, mode="train", generator=None, num_clips=1):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Transforms (Appendix D; the authors' pipeline for training). A plan fixes one geometry and one colour change for
-# a whole clip; it is expressed as crop boxes in the decoded frame, each resized straight to input_size^2, which
-# equals "resize the short side, then crop" but touches only the pixels that are kept.
+# Transforms (Appendix D). A plan fixes one geometry and one colour change for a whole clip, as crop boxes in the
+# decoded frame resized straight to input_size^2: "resize the short side, then crop", touching only kept pixels.
 
 def eval_plan(w, h, input_size=224, num_crops=1):
     """Evaluation geometry for a w x h video: short side to 256 (scaled with input_size, e.g. 384 for 336) then a
@@ -243,13 +227,11 @@ AUGMENTATIONS = ("paper", "crop", "none")
 
 def train_plan(w, h, input_size=224, generator=None, augment="paper"):
     """Training geometry and colour for a w x h video, one draw per clip (Appendix B/D, the authors' pipeline):
-    short side to 256 (scaled with input_size), multi-scale crop (sides from the scales 1, .875, .75, .66 of the
-    short side, width and height at most one scale apart, at one of 5 fixed positions: corners and centre) resized
-    to input_size^2, horizontal flip (p .5), colour jitter (p .8), grayscale (p .2).
-    augment="crop" keeps the multi-scale crop only: for classes that a flip or a colour change turns into other
-    classes ("moving to the left", "red circle": the embedded world; SSv2's left/right classes, too, although the
-    authors flipped them). augment="none" uses the evaluation geometry (centre crop), so only the random frame
-    positions vary: for tiny frames, where a corner crop can cut the moving object out of the picture.
+    short side to 256 (scaled with input_size), multi-scale crop (sides from SCALES of the short side, width and
+    height at most one scale apart, at a corner or the centre) resized to input_size^2, flip (p .5), colour jitter
+    (p .8), grayscale (p .2). augment="crop": the crop only, for classes that a flip or a colour change turns into
+    others ("moving to the left", "red circle"; SSv2's left/right classes, though the authors flipped them);
+    "none": the evaluation's centre crop, only the frame positions vary.
     Returns dict(size, crops=[(x, y, cw, ch)] in source pixels, flip, jitter (None or (order, b, c, s, h)), gray)."""
     if augment == "none":
         return dict(eval_plan(w, h, input_size), flip=False, jitter=None, gray=False)
@@ -344,11 +326,9 @@ class VideoDataset(torch.utils.data.Dataset):
     """Clips of T frames for training or evaluation; see the module docstring for outputs and bad videos.
 
     samples: a list file path or [(relpath, label)]; class_names: a labels CSV path or a list (checks labels).
-    train: random segment positions + augmentation (one view; augment="paper" or "crop", see train_plan); else
-    centre positions, or num_clips views spread
-    over each segment, times num_crops (1 or 3) crops. norm: 'clip' (default) or 'imagenet' (the authors' code
-    and released checkpoints). decode_threads: FFmpeg threads per video; 1 suits DataLoader workers (one per
-    core), 0 (one per core) suits loading in the main process."""
+    train: random segment positions + augmentation (one view, see train_plan); else centre positions, or num_clips
+    views spread over each segment, times num_crops (1 or 3) crops. norm: 'clip' or 'imagenet' (the authors' code
+    and released checkpoints). decode_threads: FFmpeg threads per video (1 in DataLoader workers, 0: one per core)."""
 
     def __init__(self, root, samples, class_names=None, num_frames=32, train=False, input_size=224, num_clips=1,
                  num_crops=1, norm="clip", seed=0, decode_threads=1, max_retries=10, augment="paper"):
@@ -360,12 +340,10 @@ class VideoDataset(torch.utils.data.Dataset):
             bad = [s for s in samples if not 0 <= s[1] < len(class_names)]
             if bad:
                 raise DatasetError(f"label {bad[0][1]} of {bad[0][0]} outside the {len(class_names)} classes")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}")
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
-        if num_crops not in (1, 3):
-            raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+        for name, value, allowed in (("norm", norm, list(NORMS)), ("augment", augment, AUGMENTATIONS),
+                                     ("num_crops", num_crops, (1, 3))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
         self.root, self.samples, self.class_names = root, list(samples), class_names
         self.num_frames, self.train, self.input_size = num_frames, train, input_size
         self.num_clips, self.num_crops = (1, 1) if train else (num_clips, num_crops)
@@ -383,8 +361,7 @@ class VideoDataset(torch.utils.data.Dataset):
         self._epoch[0] = epoch
 
     def num_failures(self):
-        """Number of distinct unreadable videos met so far (each replaced in training, flagged in evaluation, as
-        often as it is asked for; the per-epoch count is the batches' ok flags)."""
+        """Distinct unreadable videos met so far (the per-epoch count is the batches' ok flags)."""
         return int(self._failed.sum())
 
     def failed_videos(self):
@@ -436,27 +413,25 @@ class VideoDataset(torch.utils.data.Dataset):
             if clip is not None:
                 return clip, self.samples[j][1], j, False  # a valid stand-in; ok=False counts the bad video
         raise RuntimeError(f"{self.max_retries + 1} unreadable videos in a row from {self.samples[index][0]}; "
-                           f"check the dataset with: python data.py --check ROOT LIST LABELS")
+                           f"check the dataset with: python check_dataset.py ROOT LIST LABELS")
 
 
 def collate(batch):
-    """DataLoader collate_fn: [(clip, label, index, ok)] -> dict(clips [B, V*T, 3, S, S] float, label [B] int64,
-    index [B] int64, ok [B] bool). (The default collate gives the same four tensors as a list.)"""
+    """DataLoader collate_fn: [(clip, label, index, ok)] -> dict(clips [B, V*T, 3, S, S], label [B], index [B], ok [B])."""
     clips, labels, index, ok = zip(*batch)
     return dict(clips=torch.stack(clips), label=torch.tensor(labels), index=torch.tensor(index),
                 ok=torch.tensor(ok, dtype=torch.bool))
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Mixup / CutMix with label smoothing (training option; the authors' defaults)
+# Mixup / CutMix with label smoothing (the authors' defaults)
 
 def mixup_cutmix(clips, labels, num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, smoothing=0.1,
                  generator=None):
     """Mix each clip of the batch with the batch reversed: mixup (a blend) or CutMix (one box, the same in every
-    frame), chosen per batch with probability switch_prob for CutMix; lambda ~ Beta(alpha, alpha).
-    clips [B, ..., H, W] (e.g. [B, T, 3, H, W]), labels [B] -> (mixed clips, soft targets [B, num_classes])
-    with label smoothing (1 - smoothing + smoothing / C on the class, smoothing / C elsewhere). Train with
-    loss = -(targets * logits.log_softmax(-1)).sum(-1).mean(). Defaults: the authors' settings."""
+    frame; chosen with probability switch_prob), lambda ~ Beta(alpha, alpha). clips [B, ..., H, W], labels [B] ->
+    (mixed clips, smoothed soft targets [B, num_classes]). Defaults: the authors' settings. (torchvision's v2 MixUp and
+    CutMix pair each clip with the batch rolled by one, not reversed, and do not smooth: not the authors' recipe.)"""
     g = generator
     rng = np.random.default_rng(int(torch.randint(2**62, (), generator=g)))
     off = smoothing / num_classes
@@ -481,69 +456,3 @@ def mixup_cutmix(clips, labels, num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, 
     else:
         lam = 1.0
     return clips, y * lam + y.flip(0) * (1 - lam)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Checking a dataset up front
-
-def _check_one(path, num_frames=8):
-    try:
-        with VideoReader(path, threads=1) as r:
-            r.get(sample_indices(r.num_frames, num_frames, "eval"), size=(32, 32))
-        return None
-    except DECODE_ERRORS as e:
-        return f"{type(e).__name__}: {e}"
-
-
-def check_videos(root, samples, num_frames=8, workers=0):
-    """[(relpath as listed, reason)] for every video the dataset could not read: not found (by its path or its file
-    name in any folder, see resolve) or not decodable (decodes num_frames spread frames)."""
-    found = locate(root, [p for p, _ in samples])
-    paths = [os.path.join(root, f) for f in found if f is not None]
-    if workers > 0:
-        import functools
-        import multiprocessing
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            decoded = pool.map(functools.partial(_check_one, num_frames=num_frames), paths, chunksize=16)
-    else:
-        decoded = [_check_one(p, num_frames) for p in paths]
-    decoded = iter(decoded)
-    reasons = [f"not found under {root}" if f is None else next(decoded) for f in found]
-    return [(s[0], why) for s, why in zip(samples, reasons) if why is not None]
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="ViFi-CLIP data tools", epilog=(
-        "exit status: 0 every video readable; 1 unreadable videos found (listed on stdout with the reason); 2 bad "
-        "arguments, or a list or labels file missing or malformed (one line on stderr names the file and line)"))
-    ap.add_argument("--check", nargs=3, metavar=("ROOT", "LIST", "LABELS"),
-                    help="decode 8 frames spread over every video of LIST under ROOT (at its listed path or by its file "
-                         "name in any folder); list the missing and unreadable ones")
-    ap.add_argument("--workers", type=int, default=0)
-    args = ap.parse_args(argv)
-    if not args.check:
-        ap.print_help()
-        return 2
-    root, list_path, labels = args.check
-    names = None
-    try:
-        if not os.path.isdir(root):
-            raise DatasetError(f"{root}: ROOT is not a folder")
-        names = read_labels(labels)
-        samples = read_list(list_path, len(names))
-    except (DatasetError, OSError, UnicodeDecodeError) as e:  # the user's input: one line, not a traceback
-        if isinstance(e, OSError) and e.filename:
-            e = f"{e.filename}: {e.strerror}"
-        elif isinstance(e, UnicodeDecodeError):
-            e = f"{labels if names is None else list_path}: not UTF-8 text ({e.reason})"
-        print(f"data.py --check: {e}", file=sys.stderr)
-        return 2
-    bad = check_videos(root, samples, workers=args.workers)
-    for path, why in bad:
-        print(f"{path}\t{why}")
-    print(f"{len(bad)} of {len(samples)} videos unreadable", file=sys.stderr)
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,13 +1,23 @@
 """Exact evaluation (paper Sec. 3-4): every video of a split counted once whatever the number of processes, an
-unreadable video counted as wrong, multi-view scores summed over views, and each setting's headline figures (the
-harmonic mean of base and novel, Table 2; the mean and spread over zero-shot splits, Table 1).
+unreadable video counted as wrong, multi-view scores summed over views (Table 4), each setting's headline figures (the
+harmonic mean of base and novel, Table 2; the mean and spread over zero-shot splits, Table 1), and the run's
+metrics.json. train.py calls evaluate_splits after training epochs and final_evaluation at the end.
 """
+import dataclasses
+import json
+import os
+import sys
+
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 import data
+import run_files
+import mixed_precision
+from video_index import DatasetError
 
 
 @torch.no_grad()
@@ -89,4 +99,47 @@ def unreadable_warnings(reports: dict) -> list:
     """Unreadable videos count as wrong; when they are more than a few, the accuracy says more about the files than
     about the model, and the run says so."""
     return [f"{name}: {r['unreadable']} of {r['videos']} videos unreadable, counted as wrong; check them with "
-            f"python data.py --check" for name, r in reports.items() if r["unreadable"] > UNREADABLE_WARNING * r["videos"]]
+            f"python check_dataset.py" for name, r in reports.items() if r["unreadable"] > UNREADABLE_WARNING * r["videos"]]
+
+
+def evaluate_splits(net, splits: list, cfg, rt, num_clips=1, num_crops=1) -> tuple:
+    """({split name: report}, the setting's summary) of the current weights on train.py's evaluation splits."""
+    reports = {}
+    for split in splits:
+        dataset = split.dataset(cfg, train=False, num_clips=num_clips, num_crops=num_crops)
+        bar = lambda loader, desc: tqdm(loader, f"eval {split.name}", leave=False, file=sys.stdout,  # noqa: E731
+                                        disable=not rt.is_main)
+        reports[split.name] = evaluate(net, dataset, split.class_names, rt, cfg.micro_batch, cfg.workers,
+                                       lambda: mixed_precision.autocast(rt.device, cfg.precision), bar)
+        if reports[split.name]["unreadable"] == len(split.samples):  # an accuracy of 0 that says nothing: stop
+            raise DatasetError(f"{split.name}: all {len(split.samples)} videos under {split.root} are unreadable; "
+                               f"check them with: python check_dataset.py ROOT LIST LABELS")
+    return reports, summarize(cfg.setting, reports)
+
+
+def final_evaluation(net, splits: list, cfg, rt, single_view=None) -> tuple:
+    """The setting's reported evaluation: single view, or the fully-supervised multi-view protocol and what the views
+    add (Table 4). single_view: the final weights' (reports, summary), when the last epoch computed them."""
+    single = single_view or evaluate_splits(net, splits, cfg, rt)
+    if cfg.num_clips * cfg.num_crops == 1:
+        return single
+    reports, summary = evaluate_splits(net, splits, cfg, rt, num_clips=cfg.num_clips, num_crops=cfg.num_crops)
+    reports.update({f"{k} (1 view)": v for k, v in single[0].items()})
+    summary.update({f"{k}_1view": v for k, v in single[1].items()})
+    return reports, summary
+
+
+def write_metrics(cfg, rt, reports: dict, summary: dict, history: list) -> dict:
+    """metrics.json in the run's folder (written whole or not at all), and the results printed."""
+    metrics = dict(summary=summary, reports=reports, history=history, config=dataclasses.asdict(cfg),
+                   code_version=run_files.code_version(), world_size=rt.world_size,
+                   warnings=unreadable_warnings(reports))
+    if rt.is_main:
+        run_files.atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2))
+        for name, r in reports.items():
+            print(f"{name:>20}: top-1 {r['top1']:.1f}  top-5 {r['top5']:.1f}  mean-class {r['mean_class']:.1f}  "
+                  f"({r['videos']} videos, {r['unreadable']} unreadable)")
+        print("summary: " + json.dumps({k: round(v, 2) for k, v in summary.items()}), flush=True)
+        for warning in metrics["warnings"]:
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    return metrics

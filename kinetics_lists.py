@@ -19,7 +19,7 @@ What is written, in the authors' format (data.read_list):
                   files happen to be: train.py resolves them through data.py's index, so one list serves any layout.
   base_train.txt  the base-to-novel setting's "all training videos of the base classes": the lines of train.txt whose
                   class is one of the 200 base classes (splits/labels/kinetics_400_base_labels.csv), relabelled to base
-                  ids, in train.txt's order (data.subset_classes). That is how the authors' base_val.txt and
+                  ids, in train.txt's order (subset_classes). That is how the authors' base_val.txt and
                   novel_val.txt derive from val.txt, line for line (tests/test_kinetics_lists.py checks it on the
                   shipped files); the base classes are theirs, not recomputed by frequency.
 Annotated videos that are not on disk are left out and reported (count and examples; --absent lists them all).
@@ -89,8 +89,15 @@ def build_lists(annotations_csv, root, labels=LABELS, base_labels=BASE_LABELS):
                                 f"ROOT/<any folder>/<file> (Kinetics as downloaded)")
     gone = set(absent)
     train = sorted((s for s in samples if s[0] not in gone), key=lambda s: s[1])  # stable: annotation order kept
-    base_train = data.subset_classes(train, names, data.read_labels(base_labels))
+    base_train = subset_classes(train, names, data.read_labels(base_labels))
     return train, base_train, absent
+
+
+def subset_classes(samples, class_names, keep_names):
+    """Samples of the classes named in keep_names, relabelled to their position there (e.g. to build the
+    Kinetics-400 base_train.txt from train.txt with the official base labels)."""
+    new_id = {c: i for i, c in enumerate(data.subset_ids(class_names, keep_names))}
+    return [(p, new_id[y]) for p, y in samples if y in new_id]
 
 
 def main(argv=None):

@@ -23,6 +23,12 @@ class Split:
     samples: list  # [(relative path, label)]
     class_names: list
 
+    def dataset(self, cfg, train: bool = False, num_clips: int = 1, num_crops: int = 1) -> data.VideoDataset:
+        """Its clips as train.py's configuration asks: frames, input size, pixel statistics, seed, augmentation."""
+        return data.VideoDataset(self.root, self.samples, num_frames=cfg.frames, train=train, input_size=cfg.input_size,
+                                 num_clips=num_clips, num_crops=num_crops, norm=cfg.normalization, seed=cfg.seed,
+                                 augment=cfg.augment)
+
 
 def load_split(name: str, root: str, list_path: str, labels_path: str) -> Split:
     """A list file and its labels, every listed video found under root (by its path, or by its file name in any

@@ -2,6 +2,7 @@
 across kills, the random states and the code version that make a resumed run exact, and the check that a resumed run
 is the run that was interrupted. train.py calls these; none of it is the paper's method.
 """
+import dataclasses
 import json
 import os
 import random
@@ -10,6 +11,8 @@ import subprocess
 
 import numpy as np
 import torch
+
+import vifi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,6 +43,24 @@ def remove_stale_temporaries(out: str):
     for name in os.listdir(out):
         if re.fullmatch(r"(last|best)\.pt\.tmp\d*|(log\.jsonl|config\.json|metrics\.json)\.tmp", name):
             os.remove(os.path.join(out, name))
+
+
+def save_checkpoint(path: str, net, optimizer, scheduler, scaler, state: dict, cfg):
+    """last.pt / best.pt: all that an exact resume needs. The trainable weights (vifi.trainable_state_dict), the
+    optimizer, schedule and loss scaler, the loop's state, every random generator and the run's configuration."""
+    atomic_save(dict(model=vifi.trainable_state_dict(net), optimizer=optimizer.state_dict(),
+                     scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), state=state, rng=rng_states(),
+                     config=dataclasses.asdict(cfg)), path)
+
+
+def restore_checkpoint(checkpoint: dict, net, optimizer, scheduler, scaler, source: str) -> dict:
+    """save_checkpoint undone, in place; returns the loop's state."""
+    vifi.load_trainable_state_dict(net, checkpoint["model"], source=source)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    set_rng_states(checkpoint["rng"])
+    return checkpoint.pop("state")
 
 
 def rng_states() -> dict:

@@ -38,12 +38,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 import clip_weights
 import data
 import evaluation
 import global_batches
 import miniworld
+import mixed_precision
 import protocols
 import run_files
 import vifi
@@ -97,7 +99,7 @@ class Config:
     eval_every: Optional[int] = flag(None, "epochs between evaluations")
     eval_only: bool = flag(False, "evaluate --init-from (or the base model) without training")
     precision: str = flag("auto", "auto | fp32 | bf16 | fp16 (autocast; weights stay fp32; fp16 needs CUDA); auto: "
-                                  "fp32 to train, vifi.inference_precision's choice to only evaluate")
+                                  "fp32 to train, mixed_precision.inference_precision's choice to only evaluate")
     grad_checkpointing: bool = flag(False, "activation checkpointing in both towers (less memory, ~20%% slower)")
     compile: bool = flag(False, "torch.compile the model")
     workers: Optional[int] = flag(None, "DataLoader workers per process (default: 1 on CPU, up to 10 on a GPU)")
@@ -136,28 +138,18 @@ DATASETS = dict(protocols.PAPER_DATASETS, miniworld=miniworld.WORLD)
 RESUME_MAY_CHANGE = {"workers", "device", "out", "resume", "save_every", "max_steps", "grad_checkpointing", "compile"}
 
 
-def default_layers(cfg: Config) -> list:
-    """The tables that fill cfg's unset fields, later ones winning."""
-    own = DATASETS[cfg.dataset].defaults or {}
-    layers = [PAPER_DEFAULTS["common"], PAPER_DEFAULTS[cfg.setting], own.get("common", {}), own.get(cfg.setting, {})]
-    if cfg.train == "prompts":
-        layers += [PROMPT_DEFAULTS[cfg.setting], own.get("prompts", {})]
-    else:
-        layers.append(dict(n_ctx_text=0, n_ctx_vision=0, depth_text=0, depth_vision=0))
-    if cfg.train == "none" and not cfg.init_from:
-        template = vifi.ZERO_SHOT_TEMPLATE  # the authors' vanilla CLIP zero-shot: the bare class name
-    elif cfg.train == "prompts":
-        template = ""  # vifi.py's choice: the learned text tokens stand where "a photo of a" stood
-    else:
-        template = vifi.FINETUNE_TEMPLATE
-    layers.append(dict(template=template))
-    return layers
-
-
 def resolve_defaults(cfg: Config) -> Config:
-    defaults = {}
-    for layer in default_layers(cfg):
-        defaults.update(layer)
+    """Fill cfg's unset fields from the tables above, later ones winning: the paper's, the dataset's, the prompts'."""
+    own = DATASETS[cfg.dataset].defaults or {}
+    defaults = {**PAPER_DEFAULTS["common"], **PAPER_DEFAULTS[cfg.setting], **own.get("common", {}),
+                **own.get(cfg.setting, {})}
+    if cfg.train == "prompts":
+        defaults.update(PROMPT_DEFAULTS[cfg.setting], **own.get("prompts", {}))
+        defaults.update(template="")  # vifi.py's choice: the learned text tokens stand where "a photo of a" stood
+    else:  # vanilla CLIP is evaluated as the authors report it, with the bare class name
+        vanilla = cfg.train == "none" and not cfg.init_from
+        defaults.update(n_ctx_text=0, n_ctx_vision=0, depth_text=0, depth_vision=0,
+                        template=vifi.ZERO_SHOT_TEMPLATE if vanilla else vifi.FINETUNE_TEMPLATE)
     for name, value in defaults.items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, value)
@@ -251,31 +243,8 @@ def log(rt: Runtime, *args):
         print(*args, flush=True)
 
 
-def progress(iterable, rt: Runtime, desc: str):
-    """A progress bar with ETA on the first process only."""
-    if not rt.is_main:
-        return iterable
-    from tqdm import tqdm
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stdout)
-
-
-def reduce_sum(values: list, rt: Runtime) -> list:
-    """Element-wise sum of a few numbers over the processes."""
-    if not rt.distributed:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # The model and its data
-
-
-def video_dataset(split: protocols.Split, cfg: Config, train: bool, num_clips=1, num_crops=1) -> data.VideoDataset:
-    return data.VideoDataset(split.root, split.samples, num_frames=cfg.frames, train=train, input_size=cfg.input_size,
-                             num_clips=num_clips, num_crops=num_crops, norm=cfg.normalization, seed=cfg.seed,
-                             augment=cfg.augment)
 
 
 def build_splits(cfg: Config) -> tuple:
@@ -301,11 +270,6 @@ def build_model(cfg: Config, class_names: list, rt: Runtime) -> vifi.ViFiCLIP:
     return model.to(rt.device)
 
 
-def unwrap(model):
-    model = getattr(model, "module", model)  # DDP
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
 def cosine_lr(step: int, total_steps: int, warmup_steps: int) -> float:
     """The authors' schedule as a multiplier of the base lr: linear warm-up, then cosine down to lr/100. (Their warm-up
     starts at exactly 0, which wastes the first step; ours starts at 1/warmup_steps.)"""
@@ -313,11 +277,6 @@ def cosine_lr(step: int, total_steps: int, warmup_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def autocast(cfg: Config, device: torch.device):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -340,7 +299,7 @@ def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
         if cfg.precision == "fp16" and rt.device.type != "cuda":
             raise UserError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
         if cfg.precision == "auto":  # training stays fp32; evaluating alone runs in what this device does fastest
-            cfg.precision = vifi.inference_precision(rt.device) if cfg.eval_only or cfg.train == "none" else "fp32"
+            cfg.precision = mixed_precision.inference_precision(rt.device) if cfg.eval_only or cfg.train == "none" else "fp32"
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -369,7 +328,7 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
         run_files.remove_stale_temporaries(cfg.out)
         run_files.atomic_write_text(os.path.join(cfg.out, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
     if plan is None:  # evaluation only
-        return write_metrics(cfg, rt, *final_evaluation(model, evals, cfg, rt), history=[])
+        return evaluation.write_metrics(cfg, rt, *evaluation.final_evaluation(net, evals, cfg, rt), history=[])
 
     batch, _, accumulation, steps_per_epoch = plan
     total_steps = cfg.epochs * steps_per_epoch
@@ -385,26 +344,18 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
 
     def save(name: str):
         if rt.is_main:
-            run_files.atomic_save(dict(model=vifi.trainable_state_dict(net), optimizer=optimizer.state_dict(),
-                                       scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), state=state,
-                                       rng=run_files.rng_states(), config=dataclasses.asdict(cfg)),
-                                  os.path.join(cfg.out, name))
+            run_files.save_checkpoint(os.path.join(cfg.out, name), net, optimizer, scheduler, scaler, state, cfg)
 
     # Where the run is, and the running sums of the epoch (loss, micro-batches, unreadable videos, seconds), so that a
     # resumed epoch's log line covers all of its steps. It goes into every checkpoint.
     state = dict(epoch=0, step_in_epoch=0, step=0, best=-1.0, history=[], epoch_sums=[0.0, 0, 0, 0.0])
     if checkpoint is not None:
-        vifi.load_trainable_state_dict(net, checkpoint["model"], source=cfg.resume)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        run_files.set_rng_states(checkpoint["rng"])
-        state = checkpoint.pop("state")
+        state = run_files.restore_checkpoint(checkpoint, net, optimizer, scheduler, scaler, source=cfg.resume)
         log(rt, f"resumed from {cfg.resume}: epoch {state['epoch']}, step {state['step']}")
     if rt.is_main:  # the log is the checkpoint's history (a line written after that checkpoint goes)
         run_files.write_log(cfg.out, state["history"])
 
-    dataset = video_dataset(train_split, cfg, train=True)
+    dataset = train_split.dataset(cfg, train=True)
     sampler = global_batches.GlobalBatchSampler(len(dataset), batch, cfg.micro_batch, rt, cfg.seed)
     if batch < cfg.batch_size:  # a small K-shot set: one step per epoch with (nearly) every video, not no step
         log(rt, f"note: {len(dataset)} training videos < batch {cfg.batch_size}; using batch {batch}")
@@ -420,7 +371,8 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
                             collate_fn=data.collate, pin_memory=rt.device.type == "cuda")
         model.train()
         step_start, step_sums = time.time(), [0.0, 0, 0]  # this step's loss sum, micro-batches, unreadable videos
-        for i, batch_data in enumerate(progress(loader, rt, f"epoch {epoch + 1}/{cfg.epochs}")):
+        bar = tqdm(loader, f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stdout, disable=not rt.is_main)
+        for i, batch_data in enumerate(bar):
             micro = i % accumulation
             clips = batch_data["clips"].to(rt.device, non_blocking=True)  # [m, T, 3, H, W]
             labels = targets = batch_data["label"].to(rt.device, non_blocking=True)  # [m]
@@ -434,7 +386,7 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
             last_micro = micro == accumulation - 1
             # DDP all-reduces the gradients on the last micro-batch of a step only
             with model.no_sync() if rt.distributed and not last_micro else contextlib.nullcontext():
-                with autocast(cfg, rt.device):
+                with mixed_precision.autocast(rt.device, cfg.precision):
                     logits = model(clips)  # [m, C], or [m*T, C] for image-level fusion in training
                 loss = net.loss(logits, targets, soft_loss=soft_cross_entropy)  # Eq. 1 (with soft targets)
                 scaler.scale(loss / accumulation).backward()
@@ -445,7 +397,10 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            sums = reduce_sum(step_sums, rt) + [time.time() - step_start]  # the loss logged is every process's
+            sums = torch.tensor(step_sums, dtype=torch.float64, device=rt.device)
+            if rt.distributed:
+                dist.all_reduce(sums)  # the loss logged is every process's
+            sums = sums.tolist() + [time.time() - step_start]
             state["epoch_sums"] = [a + b for a, b in zip(state["epoch_sums"], sums)]
             state["step"] += 1
             state["step_in_epoch"] += 1
@@ -462,7 +417,7 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
                       lr=scheduler.get_last_lr()[0], seconds=round(seconds, 1), unreadable_videos=int(unreadable))
         state.update(epoch=epoch + 1, step_in_epoch=0, epoch_sums=[0.0, 0, 0, 0.0])
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            last_evaluation = evaluate_all(model, evals, cfg, rt)
+            last_evaluation = evaluation.evaluate_splits(net, evals, cfg, rt)
             record.update(summary=last_evaluation[1])
             if evaluation.headline(last_evaluation[1]) > state["best"]:
                 state["best"] = evaluation.headline(last_evaluation[1])
@@ -475,52 +430,8 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
             run_files.write_log(cfg.out, state["history"])
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             break
-    return write_metrics(cfg, rt, *final_evaluation(model, evals, cfg, rt, last_evaluation), state["history"])
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Evaluation (evaluation.py) and the run's results
-
-
-def evaluate_all(model, evals: list, cfg: Config, rt: Runtime, num_clips=1, num_crops=1) -> tuple:
-    """({split name: report}, the setting's summary) of the current weights."""
-    reports = {}
-    for split in evals:
-        dataset = video_dataset(split, cfg, train=False, num_clips=num_clips, num_crops=num_crops)
-        reports[split.name] = evaluation.evaluate(unwrap(model), dataset, split.class_names, rt, cfg.micro_batch,
-                                                  cfg.workers, lambda: autocast(cfg, rt.device),
-                                                  lambda loader, desc: progress(loader, rt, f"eval {split.name}"))
-        if reports[split.name]["unreadable"] == len(split.samples):  # an accuracy of 0 that says nothing: stop
-            raise UserError(f"{split.name}: all {len(split.samples)} videos under {split.root} are unreadable; "
-                            f"check them with: python data.py --check ROOT LIST LABELS")
-    return reports, evaluation.summarize(cfg.setting, reports)
-
-
-def final_evaluation(model, evals, cfg: Config, rt: Runtime, single_view=None) -> tuple:
-    """The setting's reported evaluation: single view, or the fully-supervised multi-view protocol and what the views
-    add (Table 4). single_view: the final weights' (reports, summary), when the last epoch computed them."""
-    single = single_view or evaluate_all(model, evals, cfg, rt)
-    if cfg.num_clips * cfg.num_crops == 1:
-        return single
-    reports, summary = evaluate_all(model, evals, cfg, rt, num_clips=cfg.num_clips, num_crops=cfg.num_crops)
-    reports.update({f"{k} (1 view)": v for k, v in single[0].items()})
-    summary.update({f"{k}_1view": v for k, v in single[1].items()})
-    return reports, summary
-
-
-def write_metrics(cfg: Config, rt: Runtime, reports: dict, summary: dict, history: list) -> dict:
-    metrics = dict(summary=summary, reports=reports, history=history, config=dataclasses.asdict(cfg),
-                   code_version=run_files.code_version(), world_size=rt.world_size,
-                   warnings=evaluation.unreadable_warnings(reports))
-    if rt.is_main:
-        run_files.atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2))
-        for name, r in reports.items():
-            log(rt, f"{name:>20}: top-1 {r['top1']:.1f}  top-5 {r['top5']:.1f}  mean-class {r['mean_class']:.1f}  "
-                    f"({r['videos']} videos, {r['unreadable']} unreadable)")
-        log(rt, "summary: " + json.dumps({k: round(v, 2) for k, v in summary.items()}))
-        for warning in metrics["warnings"]:
-            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
-    return metrics
+    reports, summary = evaluation.final_evaluation(net, evals, cfg, rt, last_evaluation)
+    return evaluation.write_metrics(cfg, rt, reports, summary, state["history"])
 
 
 def main(argv=None) -> dict:
@@ -540,7 +451,7 @@ def cli(argv=None) -> int:
     """`python train.py ...`: a user error exits with status 2 and one line on stderr, before compute is spent."""
     try:
         main(argv)
-    except UserError as e:
+    except (UserError, data.DatasetError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     return 0

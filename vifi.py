@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import clip_model
+import mixed_precision
 import prompts as prompts_module
 from clip_model import CLIP
 from tokenizer import tokenize
@@ -259,65 +260,6 @@ def load_trainable_state_dict(model: nn.Module, state_dict: dict, source: str = 
 # One of the users' own videos
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-BF16_MIN_SPEEDUP = 1.25  # "auto" takes bf16 on a CPU only for a clear gain: below it, fp32's exactness is worth more
-_cpu_bf16_speedup = {}  # intra-op threads -> measured bf16/fp32 speed ratio (measured once per process)
-
-
-def _measure_cpu_bf16_speedup() -> float:
-    """fp32 time / bf16-autocast time of one ViT-B/16-shaped linear layer (2 frames x 197 tokens, 768 -> 3072, the
-    MLP's first matrix), best of 3 alternating runs after a warm-up: about 0.1 s, once per process."""
-    import time
-    gen = torch.Generator().manual_seed(0)
-    x, w, b = torch.randn(394, 768, generator=gen), torch.randn(3072, 768, generator=gen), torch.zeros(3072)
-
-    def run(dtype):
-        with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            start = time.perf_counter()
-            F.linear(x, w, b)
-            return time.perf_counter() - start
-
-    run(None), run(torch.bfloat16)  # warm-up (oneDNN builds its kernel on the first call)
-    fp32, bf16 = zip(*[(run(None), run(torch.bfloat16)) for _ in range(3)])
-    return min(fp32) / min(bf16)
-
-
-def inference_precision(device: Union[str, torch.device] = "cpu", requested: str = "auto") -> str:
-    """The precision to run inference in on `device`: "fp32", "bf16" (autocast) or, when asked for, "fp16".
-
-    An explicit request is returned as it is. "auto" gives bf16 on a CUDA GPU that supports it, and on a CPU only
-    where bf16 measures faster: support is not enough. bf16 autocast (oneDNN) encoded ViT-B/16 frames about 3x as fast
-    as fp32 on this project's AMD EPYC machines but 0.7x as fast on an Intel Xeon that also reports AVX512-BF16 (no
-    AMX), where MKL's fp32 is as quick as bf16 gets (README, Benchmarks). So on a CPU "auto" times one ViT-B/16-shaped
-    layer both ways (about 0.1 s, once per process and thread count) and takes bf16 from BF16_MIN_SPEEDUP up. The
-    choice is printed when it is made. Predictions agree with fp32: the same top-1 on the embedded world's validation
-    videos, vanilla and fine-tuned (README, Benchmarks)."""
-    if requested not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
-    if requested != "auto":
-        return requested
-    device = torch.device(device)
-    if device.type == "cuda":
-        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        why = "bf16 supported by this GPU" if choice == "bf16" else "this GPU has no bf16"
-    elif device.type != "cpu":
-        return "fp32"
-    else:
-        threads = torch.get_num_threads()
-        if threads in _cpu_bf16_speedup:
-            return "bf16" if _cpu_bf16_speedup[threads] >= BF16_MIN_SPEEDUP else "fp32"
-        supported = torch.backends.mkldnn.is_available() and getattr(
-            torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
-        speedup = _measure_cpu_bf16_speedup() if supported else 0.0
-        _cpu_bf16_speedup[threads] = speedup
-        choice = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
-        why = (f"bf16 measured {speedup:.2f}x fp32 on this CPU, {threads} thread{'s' * (threads > 1)}" if supported
-               else "this CPU has no fast bf16 (oneDNN)")
-    print(f"inference precision: {choice} (auto: {why})", flush=True)
-    return choice
-
-
 @torch.no_grad()
 def classify(model: ViFiCLIP, video_path: str, class_names: Sequence[str], num_frames: int = 8,
              templates: Union[str, Sequence[str], None] = None, precision: str = "auto") -> list:
@@ -326,7 +268,7 @@ def classify(model: ViFiCLIP, video_path: str, class_names: Sequence[str], num_f
     num_frames frames are taken from the centres of equal segments, resized (short side 256/224 of the model's input
     size) and centre-cropped as in the authors' evaluation, normalised as the weights expect (model.normalization).
     The authors evaluate with 32 frames; 8 keep a CPU quick (ViT-B/16: a few seconds on two cores). precision: "auto"
-    (inference_precision's choice: bf16 where it is faster, else fp32), "fp32", "bf16" or "fp16" (autocast; the
+    (mixed_precision.inference_precision's choice: bf16 where it is faster, else fp32), "fp32", "bf16" or "fp16" (autocast; the
     weights stay fp32)."""
     import data  # video decoding lives in data.py; the model itself never needs it
     size = model.clip.visual.input_resolution
@@ -334,11 +276,10 @@ def classify(model: ViFiCLIP, video_path: str, class_names: Sequence[str], num_f
                                norm=model.normalization)
     frames = reader.load(0)  # [T, 3, S, S]; raises if the video cannot be read
     device = model.clip.positional_embedding.device
-    dtype = AUTOCAST_DTYPES[inference_precision(device, precision)]
     was_training = model.training
     model.eval()
     try:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with mixed_precision.autocast(device, mixed_precision.inference_precision(device, precision)):
             logits = model(frames[None].to(device), class_names=class_names, templates=templates)  # [1, C]
     finally:
         model.train(was_training)

@@ -1,4 +1,4 @@
-"""Classifying a video on a CPU: ours in the precision vifi.inference_precision picks ("auto") against OpenAI's
+"""Classifying a video on a CPU: ours in the precision mixed_precision.inference_precision picks ("auto") against OpenAI's
 reference in fp32, on identical random ViT-B/16 weights, in one run.
 
     python benchmarks/bench_inference.py [--frames 8 32] [--repeats 5] [--threads N] [--quick]
@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import clip_model  # noqa: E402
 import clip_weights  # noqa: E402
+import mixed_precision  # noqa: E402
 import tokenizer  # noqa: E402
 import vifi  # noqa: E402
 import vifi_weights  # noqa: E402
@@ -50,7 +51,7 @@ def reference_classifier(reference):
 
 
 def ours_classifier(model, precision):
-    dtype = vifi.AUTOCAST_DTYPES[precision]
+    dtype = mixed_precision.AUTOCAST_DTYPES[precision]
 
     def logits(videos):
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
@@ -109,7 +110,7 @@ def main():
     torch.manual_seed(0)
     reference = _load_openai_module("model").CLIP(512, 224, 12, 768, 16, 77, 49408, 512, 8, 12).float().eval()
     model = vifi.ViFiCLIP(clip_model.build_model(reference.state_dict()), HMDB51, train_mode="none").eval()
-    auto = vifi.inference_precision("cpu", "auto")
+    auto = mixed_precision.inference_precision("cpu", "auto")
     variants = {"reference fp32": reference_classifier(reference), "ours fp32": ours_classifier(model, "fp32"),
                 "ours bf16": ours_classifier(model, "bf16"), f"ours auto ({auto})": ours_classifier(model, auto)}
     print(f"ViT-B/16, random weights, {len(HMDB51)} classes, {torch.get_num_threads()} threads, "

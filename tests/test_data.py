@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import check_dataset
 import data
 import video_decoder
 
@@ -269,13 +270,6 @@ def test_base_labels_ordered_by_frequency_in_authors_ucf():
     counts = np.bincount([y for _, y in base])
     keys = [(counts[i], names.index(n)) for i, n in enumerate(base_names)]
     assert keys == sorted(keys)
-
-
-def test_subset_classes():
-    samples = [("a", 0), ("b", 1), ("c", 2), ("d", 1)]
-    assert data.subset_classes(samples, ["x", "y", "z"], ["z", "y"]) == [("b", 1), ("c", 0), ("d", 1)]
-    with pytest.raises(ValueError, match="not in the full label list"):
-        data.subset_classes(samples, ["x", "y", "z"], ["w"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -615,16 +609,16 @@ def test_check_videos_and_command_line(videos, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("VIFI_CACHE", str(tmp_path / "cache"))  # missing.mp4 is looked up in the index of root
     root = os.path.dirname(videos["mp4"])
     samples = [(os.path.basename(videos[k]), 0) for k in ("mp4", "missing", "avi", "empty", "corrupt", "trunc_head")]
-    bad = data.check_videos(root, samples)
+    bad = check_dataset.check_videos(root, samples)
     assert [p for p, _ in bad] == ["missing.mp4", "empty.mp4", "corrupt.mp4", "trunc_head.mp4"]
     lst = tmp_path / "l.txt"
     data.write_list(lst, samples)
     data.write_labels(tmp_path / "l.csv", ["a"])
-    assert data.main(["--check", root, str(lst), str(tmp_path / "l.csv")]) == 1
+    assert check_dataset.main([root, str(lst), str(tmp_path / "l.csv")]) == 1
     out, err = capsys.readouterr()
     assert "missing.mp4\t" in out and "4 of 6 videos unreadable" in err
     data.write_list(lst, samples[:1])
-    assert data.main(["--check", root, str(lst), str(tmp_path / "l.csv")]) == 0
+    assert check_dataset.main([root, str(lst), str(tmp_path / "l.csv")]) == 0
 
 
 @pytest.mark.parametrize("list_text, labels_text, message", [
@@ -641,15 +635,15 @@ def test_check_command_refuses_bad_list_files_in_one_line(tmp_path, capsys, list
     for name, text in (("l.txt", list_text), ("l.csv", labels_text)):
         if text is not None:
             (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
-    assert data.main(["--check", str(tmp_path), str(tmp_path / "l.txt"), str(tmp_path / "l.csv")]) == 2
+    assert check_dataset.main([str(tmp_path), str(tmp_path / "l.txt"), str(tmp_path / "l.csv")]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and f"{tmp_path / message}" in err
 
 
 def test_check_command_exit_status_from_the_shell(tmp_path):
     """The documented exit statuses, as a shell sees them (0 and 1: test_check_videos_and_command_line)."""
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data.py")
-    run = subprocess.run([sys.executable, script, "--check", str(tmp_path), str(tmp_path / "no.txt"),
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "check_dataset.py")
+    run = subprocess.run([sys.executable, script, str(tmp_path), str(tmp_path / "no.txt"),
                           str(tmp_path / "no.csv")], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "no.csv" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
@@ -657,7 +651,7 @@ def test_check_command_exit_status_from_the_shell(tmp_path):
     assert all(f"{code} " in help_text.stdout.split("exit status")[1] for code in (0, 1, 2))
     (tmp_path / "l.txt").write_text("a.mp4 0\n")
     (tmp_path / "l.csv").write_text("id,name\n0,a\n")
-    assert data.main(["--check", str(tmp_path / "no_such_root"), str(tmp_path / "l.txt"),
+    assert check_dataset.main([str(tmp_path / "no_such_root"), str(tmp_path / "l.txt"),
                       str(tmp_path / "l.csv")]) == 2  # a ROOT that is not a folder is a bad argument
 
 

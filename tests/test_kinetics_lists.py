@@ -9,7 +9,6 @@ import data
 import video_index
 import kinetics_lists
 import protocols
-import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = os.path.join(ROOT, "splits", "datasets_splits")
@@ -130,3 +129,10 @@ def test_errors_are_one_line(tmp_path, capsys, rows, message):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and re.search(message, err)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_subset_classes():
+    samples = [("a", 0), ("b", 1), ("c", 2), ("d", 1)]
+    assert kinetics_lists.subset_classes(samples, ["x", "y", "z"], ["z", "y"]) == [("b", 1), ("c", 0), ("d", 1)]
+    with pytest.raises(ValueError, match="not in the full label list"):
+        kinetics_lists.subset_classes(samples, ["x", "y", "z"], ["w"])

@@ -11,13 +11,11 @@ import time
 import av
 import numpy as np
 import pytest
-import torch
 
-import clip_model
+import check_dataset
 import clip_weights
 import data
 import video_index
-import miniworld
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +78,7 @@ def test_hmdb_class_folders_as_extracted(tmp_path):
         tiny_video(root / hmdb_folder(names[y]) / p)
     resolved, missing = video_index.resolve(str(root), samples)
     assert missing == [] and resolved == [(f"{hmdb_folder(names[y])}/{p}", y) for p, y in samples]
-    assert data.check_videos(str(root), samples) == []  # 0 unreadable: found through the index, decoded
+    assert check_dataset.check_videos(str(root), samples) == []  # 0 unreadable: found through the index, decoded
     clip = data.VideoDataset(str(root), resolved, num_frames=2, input_size=32).load(0)
     assert clip.shape == (2, 3, 32, 32)
 
@@ -106,7 +104,7 @@ def test_ucf101_as_extracted(tmp_path):
         tiny_video(root / "UCF-101" / ucf_class(p) / p)
     resolved, missing = video_index.preflight(str(root), samples, list_path)
     assert missing == [] and resolved == [(f"UCF-101/{ucf_class(p)}/{p}", y) for p, y in samples]
-    assert data.check_videos(str(root), samples) == []
+    assert check_dataset.check_videos(str(root), samples) == []
 
 
 def test_kinetics_class_folders_as_downloaded(tmp_path):
@@ -122,7 +120,7 @@ def test_kinetics_class_folders_as_downloaded(tmp_path):
     resolved, missing = video_index.preflight(str(root), samples, list_path)
     assert missing == []
     assert resolved == [(f"val/{names[y]}/{p.split('/')[1]}", y) for p, y in samples]
-    assert data.check_videos(str(root), samples) == []
+    assert check_dataset.check_videos(str(root), samples) == []
 
 
 def test_listed_folder_picks_between_two_files_of_one_name(tmp_path):
@@ -227,7 +225,7 @@ def test_check_command_finds_videos_by_name(tmp_path, capsys):
     for p, y in samples:
         tiny_video(tmp_path / "hmdb51" / hmdb_folder(names[y]) / p)
     data.write_list(tmp_path / "val.txt", samples + [("absent.avi", 0)])
-    assert data.main(["--check", str(tmp_path / "hmdb51"), str(tmp_path / "val.txt"), HMDB_LABELS]) == 1
+    assert check_dataset.main([str(tmp_path / "hmdb51"), str(tmp_path / "val.txt"), HMDB_LABELS]) == 1
     out, err = capsys.readouterr()
     assert out == f"absent.avi\tnot found under {tmp_path / 'hmdb51'}\n" and "1 of 5 videos unreadable" in err
 

@@ -18,9 +18,9 @@ import clip_model
 import clip_weights
 import data
 import miniworld
+import mixed_precision
 import run_files
 import train
-import vifi
 from conftest import assert_same_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -281,8 +281,8 @@ def test_unreadable_videos_never_stop_training_and_count_as_wrong(world, tiny_cl
     picked = data.kshot_split(train_list, 2, seed=1)  # --split 1 seeds the K-shot draw
     assert metrics["history"][0]["unreadable_videos"] == sum(path == "broken.mp4" for path, _ in picked)
     # 1 of 6 is more than the 1% a run tolerates in silence: said at the end and in metrics.json
-    assert metrics["warnings"] == ["val: 1 of 6 videos unreadable, counted as wrong; check them with python data.py "
-                                   "--check"]
+    assert metrics["warnings"] == ["val: 1 of 6 videos unreadable, counted as wrong; check them with python "
+                                   "check_dataset.py"]
     assert "WARNING: val: 1 of 6 videos unreadable" in capsys.readouterr().err
     assert json.load(open(tmp_path / "out" / "metrics.json"))["warnings"] == metrics["warnings"]
 
@@ -344,7 +344,7 @@ def test_bf16_autocast_and_activation_checkpointing_train(world, tiny_clip, tmp_
 
 def test_precision_auto_trains_in_fp32_and_evaluates_in_what_the_device_computes_fastest(world, tiny_clip, tmp_path,
                                                                                          monkeypatch):
-    monkeypatch.setattr(vifi, "inference_precision", lambda device, requested="auto": "bf16")  # as where it is faster
+    monkeypatch.setattr(mixed_precision, "inference_precision", lambda device, requested="auto": "bf16")  # as where it is faster
     evaluated = run(tmp_path / "eval", world, tiny_clip, "--setting", "fewshot", "--k", "2", "--train", "none")
     assert evaluated["config"]["precision"] == "bf16"
     trained = run(tmp_path / "train", world, tiny_clip, "--k", "2", "--max-steps", "1")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import clip_model
 import clip_weights
+import mixed_precision
 import prompts
 import vifi
 import vifi_weights
@@ -650,10 +651,10 @@ def test_classify_in_bf16_agrees_with_fp32(clip, tmp_path):
 
 def test_inference_precision_explicit_requests_and_errors():
     for precision in ("fp32", "bf16", "fp16"):
-        assert vifi.inference_precision("cpu", precision) == precision
+        assert mixed_precision.inference_precision("cpu", precision) == precision
     with pytest.raises(ValueError, match="precision must be one of"):
-        vifi.inference_precision("cpu", "fp64")
-    assert vifi.inference_precision("meta") == "fp32"  # a device we know nothing about
+        mixed_precision.inference_precision("cpu", "fp64")
+    assert mixed_precision.inference_precision("meta") == "fp32"  # a device we know nothing about
 
 
 @pytest.mark.parametrize("speedup, expected", [(3.0, "bf16"), (0.7, "fp32"), (1.1, "fp32")])
@@ -661,9 +662,9 @@ def test_auto_on_a_cpu_takes_bf16_only_where_it_measures_faster(monkeypatch, cap
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU has no oneDNN bf16: auto is fp32 without measuring")
     calls = []
-    monkeypatch.setattr(vifi, "_cpu_bf16_speedup", {})
-    monkeypatch.setattr(vifi, "_measure_cpu_bf16_speedup", lambda: calls.append(1) or speedup)
-    assert vifi.inference_precision("cpu") == expected
+    monkeypatch.setattr(mixed_precision, "_cpu_bf16_speedup", {})
+    monkeypatch.setattr(mixed_precision, "_measure_cpu_bf16_speedup", lambda: calls.append(1) or speedup)
+    assert mixed_precision.inference_precision("cpu") == expected
     assert f"inference precision: {expected} (auto: bf16 measured {speedup:.2f}x fp32" in capsys.readouterr().out
-    assert vifi.inference_precision(torch.device("cpu"), "auto") == expected  # measured once per process
+    assert mixed_precision.inference_precision(torch.device("cpu"), "auto") == expected  # measured once per process
     assert len(calls) == 1 and capsys.readouterr().out == ""
