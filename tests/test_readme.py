@@ -31,11 +31,11 @@ COMMANDS = [
     (r"-m pytest|^bash \.ci/run$", SKIP, "the test suite itself (CI runs it: bash .ci/run)"),
     (r"--nnodes", SKIP, "needs several machines"),
     (r"benchmarks/gpu_checks\.py", SKIP, "needs a CUDA GPU"),
-    (r"^python3? data\.py --check ROOT LIST LABELS", RUN, ""),  # on the embedded world's toy-hmdb
+    (r"^python3? check_dataset\.py ROOT LIST LABELS", RUN, ""),  # on the embedded world's toy-hmdb
     (r"^python3? prepare_videos\.py K400 train\.txt K400_256", RUN, ""),  # on 20 of the world's videos
     (r"^python3? train\.py --help$", RUN, ""),
     (r"--data-root (?!\S*world)|--target-roots|--dataset (hmdb51|ucf101|k400|k600|ssv2|custom)|kinetics_lists\.py|"
-     r"^(?:.*&& )?(python3? )?\S*data\.py --check (?!\S*world)(/|[A-Z])", SKIP,
+     r"^(?:.*&& )?(python3? )?\S*check_dataset\.py (?!\S*world)(/|[A-Z])", SKIP,
      "needs a real dataset or the user's files"),
     (r"--init-from (?!out/)", SKIP, "needs weights trained on a real dataset"),
     (r"^(python3? -m pip install (-q )?-r requirements\.txt && )?python3? train\.py --setting fewshot --k 16$", RUN, ""),
