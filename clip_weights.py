@@ -22,6 +22,7 @@ import torch
 
 import miniworld
 import tiny_clip
+from atomic_files import atomic_write
 from clip_model import OPENAI_METADATA_KEYS, CLIP, build_model, shorten
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -82,21 +83,17 @@ def download(url: str, root: str, expected_sha256: str, name: Optional[str] = No
                              f"or put it at {target}")
 
     print(f"downloading {f'CLIP {name}' if name else file_name} from {url} to {target}", file=sys.stderr, flush=True)
-    tmp = f"{target}.{os.getpid()}.part"
-    try:
+    with atomic_write(target, tmp=f"{target}.{os.getpid()}.part") as out:  # renamed over target if no error is raised
         try:
-            with urllib.request.urlopen(url, timeout=60) as source, open(tmp, "wb") as out:
+            with urllib.request.urlopen(url, timeout=60) as source:
                 while chunk := source.read(1 << 20):
                     out.write(chunk)
         except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, timeouts, a cut connection
             raise failed(f"{type(e).__name__}: {e}") from e
-        actual = sha256_of(tmp)
+        out.flush()
+        actual = sha256_of(out.name)  # the file as written, before it takes the final name
         if actual != expected_sha256:
             raise failed(f"downloaded file has SHA-256 {actual}, expected {expected_sha256} (incomplete or altered)")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return target
 
 

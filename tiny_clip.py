@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import clip_model
 import data
 import miniworld
+from atomic_files import atomic_write
 from tokenizer import default_tokenizer, tokenize
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -325,9 +326,8 @@ def tiny_clip_checkpoint(asset: str = ASSET) -> str:
         return path
     os.makedirs(miniworld.cache_root(), exist_ok=True)
     state_dict = unpack_checkpoint(torch.load(asset, map_location="cpu", weights_only=True))
-    tmp = f"{path}.{os.getpid()}.tmp"
-    torch.save(state_dict, tmp)
-    os.replace(tmp, path)  # atomic: a concurrent reader sees no file or the whole file
+    with atomic_write(path) as f:  # a concurrent reader (another torchrun rank) sees no file or the whole file
+        torch.save(state_dict, f)
     return path
 
 
@@ -359,7 +359,8 @@ def main(argv=None):
                      log=lambda s: print(s, flush=True), on_probe=save_intermediate)
     packed = pack_checkpoint(model.state_dict(), args.seed)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    torch.save(packed, args.out)
+    with atomic_write(args.out) as f:  # a kill while writing leaves the previous asset whole
+        torch.save(packed, f)
     print(f"wrote {args.out}: {os.path.getsize(args.out) / 1e6:.1f} MB, {len(packed['token_rows'])} trained token "
           f"rows, state dict sha256 {packed['sha256']}, {time.time() - t0:.0f} s", flush=True)
 
