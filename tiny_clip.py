@@ -349,6 +349,7 @@ def main(argv=None):
                         help="torch threads (the shipped asset was built with 1; a busy machine also runs it fastest)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)  # before the intermediate checkpoints
     t0 = time.time()
 
     def save_intermediate(model, step):
@@ -358,7 +359,6 @@ def main(argv=None):
     model = pretrain(args.steps, args.batch, args.lr, seed=args.seed, probe_every=args.probe_every,
                      log=lambda s: print(s, flush=True), on_probe=save_intermediate)
     packed = pack_checkpoint(model.state_dict(), args.seed)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with atomic_write(args.out) as f:  # a kill while writing leaves the previous asset whole
         torch.save(packed, f)
     print(f"wrote {args.out}: {os.path.getsize(args.out) / 1e6:.1f} MB, {len(packed['token_rows'])} trained token "
