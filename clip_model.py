@@ -213,7 +213,7 @@ class CLIP(nn.Module):
         self.initialize_parameters()
 
     def initialize_parameters(self):
-        """OpenAI's initialisation, so that a model trained from scratch (the tiny one of miniworld.py) starts where
+        """OpenAI's initialisation, so that a model trained from scratch (the tiny one of tiny_clip.py) starts where
         theirs did."""
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)

@@ -1,7 +1,7 @@
 """CLIP's weights from wherever a user has them: `load(name_or_path)` -> clip_model.CLIP.
 
   a known name       "ViT-B/16" and the other OpenAI ViTs, downloaded once into $CLIP_CACHE (~/.cache/clip) with
-                     their SHA-256 checked; "miniworld-tiny", the embedded world's tiny CLIP (miniworld.py)
+                     their SHA-256 checked; "miniworld-tiny", the embedded world's tiny CLIP (tiny_clip.py)
   TorchScript        OpenAI's own archives (ViT-B-16.pt): the weights are read, their code is not run
   a state dict       torch.save(model.state_dict()) in OpenAI's names
   Hugging Face       an openai/clip-vit-* checkpoint (model.safetensors / pytorch_model.bin, or its folder), renamed
@@ -21,6 +21,8 @@ from typing import Optional
 import torch
 
 import miniworld
+import tiny_clip
+from atomic_files import atomic_write
 from clip_model import OPENAI_METADATA_KEYS, CLIP, build_model, shorten
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -37,11 +39,10 @@ _MODELS = {
     "ViT-L/14@336px": "https://openaipublic.azureedge.net/clip/models/"
                       "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
 }
-TINY_MODEL_NAME = miniworld.TINY_CLIP_NAME  # the embedded world's tiny CLIP
 
 
 def available_models() -> list:
-    return list(_MODELS) + [TINY_MODEL_NAME]
+    return list(_MODELS) + [miniworld.TINY_CLIP_NAME]
 
 
 def cache_dir() -> str:
@@ -82,21 +83,17 @@ def download(url: str, root: str, expected_sha256: str, name: Optional[str] = No
                              f"or put it at {target}")
 
     print(f"downloading {f'CLIP {name}' if name else file_name} from {url} to {target}", file=sys.stderr, flush=True)
-    tmp = f"{target}.{os.getpid()}.part"
-    try:
+    with atomic_write(target, tmp=f"{target}.{os.getpid()}.part") as out:  # renamed over target if no error is raised
         try:
-            with urllib.request.urlopen(url, timeout=60) as source, open(tmp, "wb") as out:
+            with urllib.request.urlopen(url, timeout=60) as source:
                 while chunk := source.read(1 << 20):
                     out.write(chunk)
         except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, timeouts, a cut connection
             raise failed(f"{type(e).__name__}: {e}") from e
-        actual = sha256_of(tmp)
+        out.flush()
+        actual = sha256_of(out.name)  # the file as written, before it takes the final name
         if actual != expected_sha256:
             raise failed(f"downloaded file has SHA-256 {actual}, expected {expected_sha256} (incomplete or altered)")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return target
 
 
@@ -128,8 +125,8 @@ def _resolve_path(name_or_path: str) -> str:
     if name_or_path in _MODELS:
         url = _MODELS[name_or_path]
         return download(url, cache_dir(), expected_sha256=url.split("/")[-2], name=name_or_path)
-    if name_or_path == TINY_MODEL_NAME:
-        return miniworld.tiny_clip_checkpoint()  # unpacked from assets/ on first use
+    if name_or_path == miniworld.TINY_CLIP_NAME:
+        return tiny_clip.tiny_clip_checkpoint()  # unpacked from assets/ on first use
     if os.path.isdir(name_or_path):  # a Hugging Face model folder
         for candidate in ("model.safetensors", "pytorch_model.bin"):
             if os.path.isfile(os.path.join(name_or_path, candidate)):

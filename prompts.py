@@ -36,6 +36,7 @@ from torch import nn
 
 import clip_model
 import clip_weights
+from atomic_files import atomic_write
 from tokenizer import default_tokenizer, tokenize
 
 FEW_SHOT = dict(n_ctx_text=10, depth_text=12, n_ctx_vision=10, depth_vision=12)
@@ -133,17 +134,12 @@ def base_reference(base_model: str) -> dict:
 
 def save_prompts(path: str, learner: PromptLearner, base_model: str):
     """Write the prompt tensors, the learner's configuration and a reference to the bridged model (base_reference),
-    atomically (a temporary file renamed into place)."""
+    atomically (atomic_files.py)."""
     payload = dict(format=PROMPT_CHECKPOINT_FORMAT, config=learner.config(),
                    prompts={k: v.detach().cpu().clone() for k, v in learner.state_dict().items()},
                    base_model=base_reference(base_model))
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as f:
+        torch.save(payload, f)
 
 
 def read_prompts(path: str) -> dict:

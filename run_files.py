@@ -12,34 +12,30 @@ import subprocess
 import numpy as np
 import torch
 
+from atomic_files import atomic_write
 import vifi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# The run's files are written atomically (atomic_files.py: a crash at any moment leaves either the old file or the new
+# one, never half of one), each through the fixed temporary name <path>.tmp: at most one per file is left by a kill -9,
+# and remove_stale_temporaries, which knows these names, removes it when the run resumes.
+
+
 def atomic_save(obj, path: str):
-    """torch.save to a temporary file in the same folder, flushed to disk, then renamed over the target: a crash at
-    any moment leaves either the old file or the new one, never half of one (and at most one temporary file, which
-    the next run removes)."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    """torch.save, atomically."""
+    with atomic_write(path, "wb", tmp=path + ".tmp") as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_text(path: str, text: str):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w", tmp=path + ".tmp") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def remove_stale_temporaries(out: str):
-    """The temporary files a killed run was writing (a run writes its own anew)."""
+    """The temporary files a killed run was writing (a run writes its own anew): <path>.tmp of the files above."""
     for name in os.listdir(out):
         if re.fullmatch(r"(last|best)\.pt\.tmp\d*|(log\.jsonl|config\.json|metrics\.json)\.tmp", name):
             os.remove(os.path.join(out, name))

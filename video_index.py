@@ -4,9 +4,12 @@ data.py reads list files (`relative/path label`); this module finds each path un
 download has (the authors' flat layout, HMDB-51 or UCF-101 class folders, Kinetics mirrors), through a cached index of
 the root, and refuses in one line a list whose videos are mostly not there (preflight). Not the paper's method.
 """
+import hashlib
 import json
 import logging
 import os
+
+from atomic_files import atomic_write
 
 log = logging.getLogger("data")
 
@@ -56,7 +59,6 @@ def cache_dir():
 
 def index_path(root):
     """Where the index of `root` is cached."""
-    import hashlib
     key = hashlib.sha256(os.path.realpath(root).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return os.path.join(cache_dir(), "video-index", f"{key}.json")
 
@@ -126,10 +128,9 @@ def video_index(root, rebuild=False):
         folders = _walk(root)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
+            # several processes (torchrun ranks) may write it at once: each write is whole, under its own temporary name
+            with atomic_write(path, "w", encoding="utf-8") as f:
                 json.dump(dict(version=INDEX_VERSION, root=real, folders=folders), f)
-            os.replace(tmp, path)  # several processes (torchrun ranks) may write it at once: each write is whole
         except OSError as e:
             log.warning("cannot cache the index of %s at %s: %s", root, path, e)
     by_name = {}

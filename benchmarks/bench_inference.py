@@ -72,7 +72,7 @@ def world_agreement(init_from=None, limit=None, batch=8):
     paths = miniworld.dataset_paths(miniworld.DEFAULT_TARGET)
     names = data.read_labels(paths["labels"])
     samples = data.read_list(paths["val"], len(names))[:limit]
-    model = vifi.ViFiCLIP(clip_weights.load(clip_weights.TINY_MODEL_NAME), names, train_mode="none",
+    model = vifi.ViFiCLIP(clip_weights.load(miniworld.TINY_CLIP_NAME), names, train_mode="none",
                           templates=vifi.FINETUNE_TEMPLATE if init_from else vifi.ZERO_SHOT_TEMPLATE).eval()
     if init_from:
         vifi_weights.load_weights(model, init_from)

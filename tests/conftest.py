@@ -17,7 +17,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import clip_model  # noqa: E402
-import miniworld  # noqa: E402
+import tiny_clip  # noqa: E402
 
 # Two cores on CI: keep intra-op threads bounded so tests behave the same everywhere.
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -48,12 +48,12 @@ def openai_tokenizer_module():
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
+def random_tiny_clip(tmp_path_factory):
     """A state-dict file of a CLIP with the embedded world's tiny architecture and random weights: what the train.py
     tests train (they test the machinery, not what it learns)."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("clip") / "tiny.pt"
-    torch.save(clip_model.CLIP(**miniworld.TINY_CONFIG).state_dict(), path)
+    torch.save(clip_model.CLIP(**tiny_clip.TINY_CONFIG).state_dict(), path)
     return str(path)
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import clip_model
 import clip_weights
+import miniworld
 from tokenizer import tokenize
 
 VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
@@ -318,7 +319,7 @@ def test_fetching_a_model_prints_where_it_is_cached(tmp_path, capsys):
 
 def test_available_models_lists_openai_vits_and_the_tiny_world():
     names = clip_weights.available_models()
-    assert {"ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px", clip_weights.TINY_MODEL_NAME} <= set(names)
+    assert {"ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px", miniworld.TINY_CLIP_NAME} <= set(names)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -12,15 +12,17 @@ import re
 import shlex
 import socket
 import subprocess
-import sys
 
 import pytest
 import torch
 
 import data
 import miniworld
+import test_vifi
 from conftest import assert_same_weights
-from test_vifi import fake_yacs, save_authors_checkpoint, write_video  # noqa: F401 (fake_yacs is a fixture)
+from test_vifi import save_authors_checkpoint, write_video
+
+fake_yacs = test_vifi.fake_yacs  # a fixture, taken by name below
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READMES = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "benchmarks", "README.md")]
@@ -31,6 +33,7 @@ COMMANDS = [
     (r"-m pytest|^bash \.ci/run$", SKIP, "the test suite itself (CI runs it: bash .ci/run)"),
     (r"--nnodes", SKIP, "needs several machines"),
     (r"benchmarks/gpu_checks\.py", SKIP, "needs a CUDA GPU"),
+    (r"^python3? tiny_clip\.py", SKIP, "pretrains the tiny CLIP: half an hour (tests/test_tiny_clip.py runs 2 steps)"),
     (r"^python3? check_dataset\.py ROOT LIST LABELS", RUN, ""),  # on the embedded world's toy-hmdb
     (r"^python3? prepare_videos\.py K400 train\.txt K400_256", RUN, ""),  # on 20 of the world's videos
     (r"^python3? train\.py --help$", RUN, ""),
@@ -125,17 +128,16 @@ def test_readme_benchmark_runs_in_its_short_mode(command, tmp_path):
 def test_readme_python_snippets_run(tmp_path, fake_yacs, monkeypatch):
     """Each ```python block, on the tiny CLIP: "ViT-B/16" -> the tiny model, the authors' released weights -> tiny
     weights saved in the authors' layout, "my_video.mp4" -> a rendered video."""
-    import clip_model
     import clip_weights
     import vifi
     blocks = python_blocks(readme_text())
     assert blocks, "the README shows how to classify one's own video"
-    trained = vifi.ViFiCLIP(clip_weights.load(clip_weights.TINY_MODEL_NAME), ["dancing", "swimming"], train_mode="none")
+    trained = vifi.ViFiCLIP(clip_weights.load(miniworld.TINY_CLIP_NAME), ["dancing", "swimming"], train_mode="none")
     save_authors_checkpoint(tmp_path / "vifi_clip_k400.pth", trained, fake_yacs)
     write_video(tmp_path / "my_video.mp4")
     monkeypatch.chdir(tmp_path)
     for block in blocks:
-        code = block.replace('"ViT-B/16"', f'"{clip_weights.TINY_MODEL_NAME}"')
+        code = block.replace('"ViT-B/16"', f'"{miniworld.TINY_CLIP_NAME}"')
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
 
 

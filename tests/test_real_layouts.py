@@ -234,7 +234,7 @@ def test_check_command_finds_videos_by_name(tmp_path, capsys):
 # train.py on a layout as downloaded
 
 
-def test_training_on_hmdb_class_folders(tmp_path, tiny_clip, one_thread):
+def test_training_on_hmdb_class_folders(tmp_path, random_tiny_clip, one_thread):
     """Three HMDB-51 classes in class folders, lists in the authors' format with the shipped names."""
     names = data.read_labels(HMDB_LABELS)
     classes = [0, 1, 2]
@@ -250,7 +250,7 @@ def test_training_on_hmdb_class_folders(tmp_path, tiny_clip, one_thread):
     data.write_labels(tmp_path / "labels.csv", [names[c] for c in classes])
     metrics = train.main(["--setting", "fewshot", "--k", "2", "--dataset", "custom", "--data-root", str(root),
                           "--train-list", str(tmp_path / "train.txt"), "--val-list", str(tmp_path / "val.txt"),
-                          "--labels", str(tmp_path / "labels.csv"), "--clip", tiny_clip, "--epochs", "1",
+                          "--labels", str(tmp_path / "labels.csv"), "--clip", random_tiny_clip, "--epochs", "1",
                           "--max-steps", "1", "--frames", "2", "--workers", "0", "--out", str(tmp_path / "out")])
     assert metrics["reports"]["val"]["videos"] == 6 and metrics["reports"]["val"]["unreadable"] == 0
     assert metrics["history"][0]["unreadable_videos"] == 0

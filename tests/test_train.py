@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import clip_model
-import clip_weights
 import data
 import miniworld
 import mixed_precision
 import run_files
+import tiny_clip
 import train
 from conftest import assert_same_weights
 
@@ -48,8 +48,8 @@ def weights(out, name="last.pt"):
 # Every setting
 
 
-def test_fewshot(world, tiny_clip, tmp_path):
-    metrics = run(tmp_path, world, tiny_clip, "--setting", "fewshot", "--k", "2")
+def test_fewshot(world, random_tiny_clip, tmp_path):
+    metrics = run(tmp_path, world, random_tiny_clip, "--setting", "fewshot", "--k", "2")
     report = metrics["reports"][f"toy-hmdb {miniworld.eval_split()}"]
     assert report["videos"] == len(miniworld.TOY_HMDB) and report["unreadable"] == 0
     assert metrics["summary"]["top1"] == report["top1"]
@@ -62,8 +62,8 @@ def test_fewshot(world, tiny_clip, tmp_path):
     assert os.path.isfile(tmp_path / "best.pt") and os.path.isfile(tmp_path / "config.json")
 
 
-def test_base2novel_reports_base_novel_and_harmonic_mean(world, tiny_clip, tmp_path):
-    metrics = run(tmp_path, world, tiny_clip, "--setting", "base2novel", "--k", "2")
+def test_base2novel_reports_base_novel_and_harmonic_mean(world, random_tiny_clip, tmp_path):
+    metrics = run(tmp_path, world, random_tiny_clip, "--setting", "base2novel", "--k", "2")
     s = metrics["summary"]
     assert set(metrics["reports"]) == {"base", "novel"}
     half = len(miniworld.TOY_HMDB) // 2
@@ -73,32 +73,32 @@ def test_base2novel_reports_base_novel_and_harmonic_mean(world, tiny_clip, tmp_p
     assert s["hm"] == pytest.approx(expected_hm)
 
 
-def test_zeroshot_trains_on_source_and_evaluates_every_target(world, tiny_clip, tmp_path):
-    metrics = run(tmp_path, world, tiny_clip, "--setting", "zeroshot", "--max-steps", "1")
+def test_zeroshot_trains_on_source_and_evaluates_every_target(world, random_tiny_clip, tmp_path):
+    metrics = run(tmp_path, world, random_tiny_clip, "--setting", "zeroshot", "--max-steps", "1")
     assert set(metrics["reports"]) == set(miniworld.ZEROSHOT_TARGETS)
     for target in miniworld.ZEROSHOT_TARGETS:
         assert f"{target}_top1_mean" in metrics["summary"] and f"{target}_top1_std" in metrics["summary"]
 
 
-def test_fully_supervised_evaluates_multi_view_and_single_view(world, tiny_clip, tmp_path):
-    metrics = run(tmp_path, world, tiny_clip, "--setting", "fully", "--max-steps", "1", "--num-clips", "2",
+def test_fully_supervised_evaluates_multi_view_and_single_view(world, random_tiny_clip, tmp_path):
+    metrics = run(tmp_path, world, random_tiny_clip, "--setting", "fully", "--max-steps", "1", "--num-clips", "2",
                   "--num-crops", "3")
     name = f"toy-k400 {miniworld.eval_split()}"
     assert set(metrics["reports"]) == {name, f"{name} (1 view)"}
     assert metrics["reports"][name]["videos"] == len(miniworld.TOY_K400)
 
 
-def test_vanilla_zero_shot_evaluation_only(world, tiny_clip, tmp_path):
-    metrics = run(tmp_path, world, tiny_clip, "--setting", "fewshot", "--k", "2", "--train", "none")
+def test_vanilla_zero_shot_evaluation_only(world, random_tiny_clip, tmp_path):
+    metrics = run(tmp_path, world, random_tiny_clip, "--setting", "fewshot", "--k", "2", "--train", "none")
     assert metrics["history"] == [] and metrics["config"]["template"] == "{}"
     assert not os.path.exists(tmp_path / "last.pt")
 
 
-def test_bridge_and_prompt_from_a_fine_tuned_model(world, tiny_clip, tmp_path):
-    run(tmp_path / "bridge", world, tiny_clip, "--setting", "fewshot", "--k", "2")
-    metrics = run(tmp_path / "prompt", world, tiny_clip, "--setting", "fewshot", "--k", "2", "--train", "prompts",
-                  "--init-from", tmp_path / "bridge" / "best.pt", "--n-ctx-text", "2", "--n-ctx-vision", "2",
-                  "--depth-text", "2", "--depth-vision", "2")
+def test_bridge_and_prompt_from_a_fine_tuned_model(world, random_tiny_clip, tmp_path):
+    run(tmp_path / "bridge", world, random_tiny_clip, "--setting", "fewshot", "--k", "2")
+    metrics = run(tmp_path / "prompt", world, random_tiny_clip, "--setting", "fewshot", "--k", "2",
+                  "--train", "prompts", "--init-from", tmp_path / "bridge" / "best.pt", "--n-ctx-text", "2",
+                  "--n-ctx-vision", "2", "--depth-text", "2", "--depth-vision", "2")
     saved = weights(tmp_path / "prompt")
     assert saved and all(k.startswith("prompts.") for k in saved)  # only the prompts are stored
     assert sum(v.numel() for v in saved.values()) == 2 * 2 * 2 * 128
@@ -109,15 +109,15 @@ def test_bridge_and_prompt_from_a_fine_tuned_model(world, tiny_clip, tmp_path):
 # Nothing lost: a run stopped halfway and resumed ends with the same weights
 
 
-def test_resume_mid_epoch_ends_with_identical_weights(world, tiny_clip, tmp_path):
+def test_resume_mid_epoch_ends_with_identical_weights(world, random_tiny_clip, tmp_path):
     common = ("--setting", "fewshot", "--k", "2", "--epochs", "2", "--batch-size", "8")
     per_epoch = 2 * len(miniworld.TOY_HMDB) // 8  # steps per epoch
-    run(tmp_path / "straight", world, tiny_clip, *common)
+    run(tmp_path / "straight", world, random_tiny_clip, *common)
     stop = per_epoch + per_epoch // 2  # in the middle of epoch 2
-    run(tmp_path / "stopped", world, tiny_clip, *common, "--max-steps", str(stop))
+    run(tmp_path / "stopped", world, random_tiny_clip, *common, "--max-steps", str(stop))
     stopped = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)["state"]
     assert (stopped["epoch"], stopped["step_in_epoch"], stopped["step"]) == (1, per_epoch // 2, stop)
-    run(tmp_path / "stopped", world, tiny_clip, *common, "--resume")
+    run(tmp_path / "stopped", world, random_tiny_clip, *common, "--resume")
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "stopped")
     assert straight.keys() == resumed.keys()
     for name in straight:
@@ -128,13 +128,13 @@ def log_lines(out):
     return [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
 
 
-def test_a_resumed_epoch_logs_all_of_its_steps_once(world, tiny_clip, tmp_path):
+def test_a_resumed_epoch_logs_all_of_its_steps_once(world, random_tiny_clip, tmp_path):
     """Killed in the middle of epoch 2 (after a checkpoint), resumed: log.jsonl has one line per epoch, and epoch 2's
     line covers all its steps, not only those after the checkpoint."""
     common = ("--setting", "fewshot", "--k", "2", "--epochs", "2", "--batch-size", "8")
     per_epoch = 2 * len(miniworld.TOY_HMDB) // 8  # steps per epoch
-    run(tmp_path / "straight", world, tiny_clip, *common)
-    run(tmp_path / "stopped", world, tiny_clip, *common, "--max-steps", str(per_epoch + per_epoch // 2))
+    run(tmp_path / "straight", world, random_tiny_clip, *common)
+    run(tmp_path / "stopped", world, random_tiny_clip, *common, "--max-steps", str(per_epoch + per_epoch // 2))
     train.main(["--resume", "--out", str(tmp_path / "stopped")])  # the interrupted run's flags are in its checkpoint
     straight, resumed = log_lines(tmp_path / "straight"), log_lines(tmp_path / "stopped")
     assert [r["epoch"] for r in resumed] == [1, 2]
@@ -143,12 +143,12 @@ def test_a_resumed_epoch_logs_all_of_its_steps_once(world, tiny_clip, tmp_path):
         assert b["summary"] == a["summary"] if "summary" in a else "summary" not in b
 
 
-def test_a_kill_between_checkpoint_and_log_repeats_no_line(world, tiny_clip, tmp_path, monkeypatch):
+def test_a_kill_between_checkpoint_and_log_repeats_no_line(world, random_tiny_clip, tmp_path, monkeypatch):
     """Kills at the two moments around an epoch's end: after its checkpoint (last.pt) and before the log is written,
     and before the checkpoint (the log written first would then repeat the line on resume). Either way, one line per
     epoch and no temporary file left behind."""
     common = ("--setting", "fewshot", "--k", "2", "--epochs", "2", "--batch-size", "8", "--save-every", "3")
-    run(tmp_path / "straight", world, tiny_clip, *common)
+    run(tmp_path / "straight", world, random_tiny_clip, *common)
     real_save, real_write_log = run_files.atomic_save, run_files.write_log
 
     def kill_at_epoch_end_save(obj, path):
@@ -167,7 +167,7 @@ def test_a_kill_between_checkpoint_and_log_repeats_no_line(world, tiny_clip, tmp
                         ("kill_log", ("write_log", kill_after_checkpoint))):
         monkeypatch.setattr(run_files, *patch)
         with pytest.raises(KeyboardInterrupt):
-            run(tmp_path / name, world, tiny_clip, *common)
+            run(tmp_path / name, world, random_tiny_clip, *common)
         monkeypatch.undo()
         train.main(["--resume", str(tmp_path / name / "last.pt"), "--workers", "0"])  # a path works too
         lines = log_lines(tmp_path / name)
@@ -177,9 +177,9 @@ def test_a_kill_between_checkpoint_and_log_repeats_no_line(world, tiny_clip, tmp
         assert not [f for f in os.listdir(tmp_path / name) if ".tmp" in f], name
 
 
-def test_resume_refuses_flags_that_change_the_run(world, tiny_clip, tmp_path, capsys):
+def test_resume_refuses_flags_that_change_the_run(world, random_tiny_clip, tmp_path, capsys):
     common = ("--setting", "fewshot", "--k", "2", "--epochs", "2", "--batch-size", "8")
-    run(tmp_path, world, tiny_clip, *common, "--max-steps", "2")
+    run(tmp_path, world, random_tiny_clip, *common, "--max-steps", "2")
     code = train.cli(["--resume", "--out", str(tmp_path), "--lr", "1e-2", "--batch-size", "16", "--workers", "0"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
@@ -245,12 +245,12 @@ def torchrun(args, out, nproc=2, timeout=600):
 
 
 @pytest.mark.slow
-def test_two_processes_train_the_model_of_one_process_with_the_paper_recipe(world, tiny_clip, tmp_path, capsys):
+def test_two_processes_train_the_model_of_one_process_with_the_paper_recipe(world, random_tiny_clip, tmp_path, capsys):
     """Mixup, cutmix and label smoothing on (the default on real data), a learning rate at which a different batch
     shows: the same global micro-batches, the same mixes, the same weights and the same logged loss. (Before, each
     process took every other video and seeded mixup by its rank: weights differed by 1e-3.)"""
     dataset = custom_dataset(world, tmp_path)
-    common = ["--setting", "fewshot", "--k", "2", "--clip", tiny_clip, "--workers", "0", "--epochs", "1",
+    common = ["--setting", "fewshot", "--k", "2", "--clip", random_tiny_clip, "--workers", "0", "--epochs", "1",
               "--batch-size", "16", "--lr", "1e-3", "--warmup-epochs", "0", "--mixup", "0.8", "--cutmix", "1.0",
               "--label-smoothing", "0.1", *dataset]
     one = train.main([*common, "--out", str(tmp_path / "one")])
@@ -264,15 +264,15 @@ def test_two_processes_train_the_model_of_one_process_with_the_paper_recipe(worl
     # Every one of the 15 validation videos counted exactly once by the two processes together.
     assert two["reports"]["val"]["videos"] == one["reports"]["val"]["videos"] == 15
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
-    initial = torch.load(tiny_clip, weights_only=True)
+    initial = torch.load(random_tiny_clip, weights_only=True)
     assert max((a[n] - initial[n[len("clip."):]]).abs().max() for n in a) > 1e-3  # a step shows above tolerance
     assert_same_weights(a, b, atol=1e-4)  # same samples and mixes; a different batch moves weights by ~lr = 1e-3
     assert two["reports"]["val"]["top1"] == pytest.approx(one["reports"]["val"]["top1"])
 
 
-def test_unreadable_videos_never_stop_training_and_count_as_wrong(world, tiny_clip, tmp_path, capsys):
+def test_unreadable_videos_never_stop_training_and_count_as_wrong(world, random_tiny_clip, tmp_path, capsys):
     dataset = custom_dataset(world, tmp_path, val_count=5, corrupt=True)
-    metrics = train.main(["--setting", "fewshot", "--k", "2", "--clip", tiny_clip, "--workers", "0",
+    metrics = train.main(["--setting", "fewshot", "--k", "2", "--clip", random_tiny_clip, "--workers", "0",
                           "--epochs", "1", "--batch-size", "8", *dataset, "--out", str(tmp_path / "out")])
     report = metrics["reports"]["val"]
     assert report["videos"] == 6 and report["unreadable"] == 1  # in the denominator, reported
@@ -287,9 +287,9 @@ def test_unreadable_videos_never_stop_training_and_count_as_wrong(world, tiny_cl
     assert json.load(open(tmp_path / "out" / "metrics.json"))["warnings"] == metrics["warnings"]
 
 
-def test_a_validation_set_of_unreadable_videos_fails_the_run(world, tiny_clip, tmp_path, capsys):
+def test_a_validation_set_of_unreadable_videos_fails_the_run(world, random_tiny_clip, tmp_path, capsys):
     dataset = custom_dataset(world, tmp_path, val_count=0, corrupt=True)  # the validation list: one broken video
-    code = train.cli(["--setting", "fewshot", "--k", "2", "--clip", tiny_clip, "--workers", "0", "--epochs", "1",
+    code = train.cli(["--setting", "fewshot", "--k", "2", "--clip", random_tiny_clip, "--workers", "0", "--epochs", "1",
                       "--batch-size", "8", *dataset, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "val: all 1 videos under" in err and "are unreadable" in err and "Traceback" not in err
@@ -306,48 +306,48 @@ def test_unknown_setting_is_refused(capsys):
     assert "invalid choice: 'semi'" in capsys.readouterr().err
 
 
-def test_k_larger_than_a_class_is_refused(world, tiny_clip, tmp_path):
+def test_k_larger_than_a_class_is_refused(world, random_tiny_clip, tmp_path):
     with pytest.raises(ValueError, match="fewer than"):
-        run(tmp_path, world, tiny_clip, "--setting", "fewshot", "--k", "4")  # the reduced world has 2 per class
+        run(tmp_path, world, random_tiny_clip, "--setting", "fewshot", "--k", "4")  # the reduced world has 2 per class
 
 
-def test_labels_outside_the_csv_are_refused(world, tiny_clip, tmp_path):
+def test_labels_outside_the_csv_are_refused(world, random_tiny_clip, tmp_path):
     dataset = custom_dataset(world, tmp_path)
     with open(tmp_path / "val.txt", "a") as f:
         f.write("some/video.mp4 99\n")
     with pytest.raises(train.UserError, match=rf"val\.txt:16: label 99 outside the {len(miniworld.TOY_HMDB)} classes"):
-        train.main(["--setting", "fewshot", "--k", "2", "--clip", tiny_clip, *dataset, "--out", str(tmp_path)])
+        train.main(["--setting", "fewshot", "--k", "2", "--clip", random_tiny_clip, *dataset, "--out", str(tmp_path)])
 
 
-def test_missing_data_root_is_refused(tiny_clip, tmp_path):
+def test_missing_data_root_is_refused(random_tiny_clip, tmp_path):
     with pytest.raises(train.UserError, match="--data-root /no/such/folder"):
-        train.main(["--dataset", "hmdb51", "--data-root", "/no/such/folder", "--clip", tiny_clip,
+        train.main(["--dataset", "hmdb51", "--data-root", "/no/such/folder", "--clip", random_tiny_clip,
                     "--out", str(tmp_path)])
 
 
-def test_weights_that_do_not_fit_are_refused(world, tiny_clip, tmp_path):
-    state_dict = torch.load(tiny_clip, weights_only=True)
+def test_weights_that_do_not_fit_are_refused(world, random_tiny_clip, tmp_path):
+    state_dict = torch.load(random_tiny_clip, weights_only=True)
     state_dict["visual.proj"] = torch.zeros(3, 3)
     torch.save(state_dict, tmp_path / "wrong.pt")
     with pytest.raises(ValueError, match=r"wrong\.pt: clip\.visual\.proj has shape \(3, 3\)"):
-        run(tmp_path, world, tiny_clip, "--init-from", tmp_path / "wrong.pt", "--k", "2")
+        run(tmp_path, world, random_tiny_clip, "--init-from", tmp_path / "wrong.pt", "--k", "2")
     with pytest.raises(ValueError, match=r"wrong\.pt: weights do not fit"):
         run(tmp_path, world, str(tmp_path / "wrong.pt"), "--k", "2")
 
 
-def test_bf16_autocast_and_activation_checkpointing_train(world, tiny_clip, tmp_path):
-    metrics = run(tmp_path, world, tiny_clip, "--k", "2", "--precision", "bf16",
+def test_bf16_autocast_and_activation_checkpointing_train(world, random_tiny_clip, tmp_path):
+    metrics = run(tmp_path, world, random_tiny_clip, "--k", "2", "--precision", "bf16",
                   "--grad-checkpointing")
     assert metrics["history"][0]["loss"] > 0
     assert all(v.dtype == torch.float32 for v in weights(tmp_path).values())  # fp32 master weights
 
 
-def test_precision_auto_trains_in_fp32_and_evaluates_in_what_the_device_computes_fastest(world, tiny_clip, tmp_path,
-                                                                                         monkeypatch):
+def test_precision_auto_trains_in_fp32_and_evaluates_in_what_the_device_computes_fastest(world, random_tiny_clip,
+                                                                                         tmp_path, monkeypatch):
     monkeypatch.setattr(mixed_precision, "inference_precision", lambda device, requested="auto": "bf16")  # as where it is faster
-    evaluated = run(tmp_path / "eval", world, tiny_clip, "--setting", "fewshot", "--k", "2", "--train", "none")
+    evaluated = run(tmp_path / "eval", world, random_tiny_clip, "--setting", "fewshot", "--k", "2", "--train", "none")
     assert evaluated["config"]["precision"] == "bf16"
-    trained = run(tmp_path / "train", world, tiny_clip, "--k", "2", "--max-steps", "1")
+    trained = run(tmp_path / "train", world, random_tiny_clip, "--k", "2", "--max-steps", "1")
     assert trained["config"]["precision"] == "fp32"
 
 
@@ -356,9 +356,9 @@ def test_fp16_without_cuda_is_refused_before_any_work(tmp_path):
         train.main(["--precision", "fp16", "--device", "cpu", "--out", str(tmp_path)])
 
 
-def test_batch_that_does_not_divide_is_refused(world, tiny_clip, tmp_path):
+def test_batch_that_does_not_divide_is_refused(world, random_tiny_clip, tmp_path):
     with pytest.raises(ValueError, match="--batch-size 10 is not a multiple of --micro-batch 4"):
-        run(tmp_path, world, tiny_clip, "--k", "2", "--batch-size", "10", "--micro-batch", "4")
+        run(tmp_path, world, random_tiny_clip, "--k", "2", "--batch-size", "10", "--micro-batch", "4")
 
 
 def test_defaults_follow_the_paper_per_setting():
@@ -372,7 +372,7 @@ def test_defaults_follow_the_paper_per_setting():
     assert (cfg.lr, cfg.n_ctx_text, cfg.depth_vision) == (8e-3, 16, 9)
     cfg = train.parse_args(["--setting", "fewshot", "--dataset", "hmdb51", "--train", "prompts", "--lr", "1e-3"])
     assert (cfg.lr, cfg.n_ctx_vision, cfg.depth_text) == (1e-3, 10, 12)  # an explicit flag wins
-    assert train.parse_args([]).clip == clip_weights.TINY_MODEL_NAME
+    assert train.parse_args([]).clip == miniworld.TINY_CLIP_NAME
 
 
 def user_error(capsys, *argv):
@@ -384,9 +384,9 @@ def user_error(capsys, *argv):
 @pytest.mark.parametrize("case", ["no_data_root", "missing_videos", "duplicate_label_id", "k_too_large",
                                   "corrupt_init_from", "empty_init_from", "other_architecture", "nothing_to_resume",
                                   "fp16_on_cpu", "bad_device"])
-def test_every_user_error_is_one_line_without_traceback(case, world, tiny_clip, tmp_path, capsys):
-    base = ["--reduced-world", "--data-root", world, "--clip", tiny_clip, "--workers", "0", "--out", tmp_path / "o",
-            "--k", "2"]
+def test_every_user_error_is_one_line_without_traceback(case, world, random_tiny_clip, tmp_path, capsys):
+    base = ["--reduced-world", "--data-root", world, "--clip", random_tiny_clip, "--workers", "0",
+            "--out", tmp_path / "o", "--k", "2"]
     if case == "no_data_root":
         argv, expect = ["--dataset", "hmdb51", "--data-root", "/no/such/folder"], "--data-root /no/such/folder"
     elif case == "missing_videos":
@@ -410,7 +410,7 @@ def test_every_user_error_is_one_line_without_traceback(case, world, tiny_clip, 
         torch.save({}, tmp_path / "empty.pt")
         argv, expect = [*base, "--init-from", tmp_path / "empty.pt"], "empty.pt: holds none of this model's weights"
     elif case == "other_architecture":
-        other = dict(miniworld.TINY_CONFIG, embed_dim=64)
+        other = dict(tiny_clip.TINY_CONFIG, embed_dim=64)
         torch.save(clip_model.CLIP(**other).state_dict(), tmp_path / "other.pt")
         argv, expect = [*base, "--init-from", tmp_path / "other.pt"], "other.pt"
     elif case == "nothing_to_resume":

@@ -616,7 +616,8 @@ def test_readme_example_gives_the_authors_weights_their_pixel_statistics(tmp_pat
     """README, "Your own video", as written but on the tiny CLIP: the authors' weights were trained on
     ImageNet-normalised frames, so after load_weights classify must normalise with ImageNet's statistics."""
     import data
-    trained = vifi.ViFiCLIP(clip_weights.load(clip_weights.TINY_MODEL_NAME), ["dancing", "swimming"], train_mode="none")
+    import miniworld
+    trained = vifi.ViFiCLIP(clip_weights.load(miniworld.TINY_CLIP_NAME), ["dancing", "swimming"], train_mode="none")
     save_authors_checkpoint(tmp_path / "vifi_clip_k400.pth", trained, fake_yacs)
     write_video(tmp_path / "my_video.mp4")
     monkeypatch.chdir(tmp_path)
