@@ -128,6 +128,7 @@ def log_lines(out):
     return [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
 
 
+@pytest.mark.slow  # kills and resumes several runs: the full suite's
 def test_a_resumed_epoch_logs_all_of_its_steps_once(world, random_tiny_clip, tmp_path):
     """Killed in the middle of epoch 2 (after a checkpoint), resumed: log.jsonl has one line per epoch, and epoch 2's
     line covers all its steps, not only those after the checkpoint."""
@@ -143,6 +144,7 @@ def test_a_resumed_epoch_logs_all_of_its_steps_once(world, random_tiny_clip, tmp
         assert b["summary"] == a["summary"] if "summary" in a else "summary" not in b
 
 
+@pytest.mark.slow  # kills and resumes several runs: the full suite's
 def test_a_kill_between_checkpoint_and_log_repeats_no_line(world, random_tiny_clip, tmp_path, monkeypatch):
     """Kills at the two moments around an epoch's end: after its checkpoint (last.pt) and before the log is written,
     and before the checkpoint (the log written first would then repeat the line on resume). Either way, one line per
