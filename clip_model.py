@@ -101,9 +101,9 @@ def block_at(block: ResidualBlock, x: torch.Tensor, position: torch.Tensor, caus
 
     A speed-up, nothing else: each tower reads one token of its last layer (the class token, the end token), so that
     layer needs the query, the attention output and the MLP at that token only; every position is still a key and a
-    value: about 7% of the matrix-multiply work of ViT-B/16's image tower. Measured together with QuickGELU's fused
-    form: images went from 1.02x to 1.12x OpenAI's speed (batch 8, fp32, CPU; benchmarks/README.md). The result
-    equals block(x)[range(N), position] to float rounding (tested)."""
+    value: about 7% of the matrix-multiply work of ViT-B/16's image tower, and measured alone 1.06-1.07x the images
+    per second of a full last layer read at the same token (fp32, 2-core CPU, batch 1, 8 and 32:
+    benchmarks/bench_clip.py). The result equals block(x)[range(N), position] to float rounding (tested)."""
     N, L, W = x.shape
     heads = block.attn.heads
     h = block.ln_1(x)
