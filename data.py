@@ -417,7 +417,7 @@ class VideoDataset(torch.utils.data.Dataset):
 
 
 def collate(batch):
-    """DataLoader collate_fn: [(clip, label, index, ok)] -> dict(clips [B, V*T, 3, S, S], label [B], index [B], ok [B])."""
+    """DataLoader collate_fn: [(clip, label, index, ok)] -> dict(clips [B, V*T, 3, S, S], label, index, ok [B])."""
     clips, labels, index, ok = zip(*batch)
     return dict(clips=torch.stack(clips), label=torch.tensor(labels), index=torch.tensor(index),
                 ok=torch.tensor(ok, dtype=torch.bool))

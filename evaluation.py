@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import data
-import run_files
 import mixed_precision
+import run_files
 from video_index import DatasetError
 
 
@@ -99,7 +99,8 @@ def unreadable_warnings(reports: dict) -> list:
     """Unreadable videos count as wrong; when they are more than a few, the accuracy says more about the files than
     about the model, and the run says so."""
     return [f"{name}: {r['unreadable']} of {r['videos']} videos unreadable, counted as wrong; check them with "
-            f"python check_dataset.py" for name, r in reports.items() if r["unreadable"] > UNREADABLE_WARNING * r["videos"]]
+            f"python check_dataset.py" for name, r in reports.items()
+            if r["unreadable"] > UNREADABLE_WARNING * r["videos"]]
 
 
 def evaluate_splits(net, splits: list, cfg, rt, num_clips=1, num_crops=1) -> tuple:

@@ -299,7 +299,8 @@ def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
         if cfg.precision == "fp16" and rt.device.type != "cuda":
             raise UserError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
         if cfg.precision == "auto":  # training stays fp32; evaluating alone runs in what this device does fastest
-            cfg.precision = mixed_precision.inference_precision(rt.device) if cfg.eval_only or cfg.train == "none" else "fp32"
+            evaluating = cfg.eval_only or cfg.train == "none"
+            cfg.precision = mixed_precision.inference_precision(rt.device) if evaluating else "fp32"
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)

@@ -267,9 +267,9 @@ def classify(model: ViFiCLIP, video_path: str, class_names: Sequence[str], num_f
 
     num_frames frames are taken from the centres of equal segments, resized (short side 256/224 of the model's input
     size) and centre-cropped as in the authors' evaluation, normalised as the weights expect (model.normalization).
-    The authors evaluate with 32 frames; 8 keep a CPU quick (ViT-B/16: a few seconds on two cores). precision: "auto"
-    (mixed_precision.inference_precision's choice: bf16 where it is faster, else fp32), "fp32", "bf16" or "fp16" (autocast; the
-    weights stay fp32)."""
+    The authors evaluate with 32 frames; 8 keep a CPU quick (ViT-B/16: a few seconds on two cores). precision:
+    "auto" (mixed_precision.inference_precision's choice: bf16 where it is faster, else fp32), "fp32", "bf16" or
+    "fp16" (autocast; the weights stay fp32)."""
     import data  # video decoding lives in data.py; the model itself never needs it
     size = model.clip.visual.input_resolution
     reader = data.VideoDataset("", [(video_path, 0)], num_frames=num_frames, train=False, input_size=size,
