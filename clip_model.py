@@ -51,7 +51,8 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The same function as silu(1.702 x) / 1.702, computed by F.silu's one fused kernel instead of three passes
-        # over the [N, L, 4W] activation. The in-place division is autograd-safe: silu saves its input, not its output.
+        # over the [N, L, 4W] activation (measured at ViT-B/16, batch 8: 113 -> 58 ms of a forward pass on a CPU, and
+        # one activation kept for backward instead of two). In-place division is autograd-safe: silu saves its input.
         return F.silu(1.702 * x).div_(1.702)
 
 
@@ -249,8 +250,8 @@ class CLIP(nn.Module):
 
         The text transformer is causal, so the output at the end token depends only on the tokens up to it: the
         sequence is cut after the batch's last end token, and the last layer computes the end token only (see
-        block_at). Same result as running all 77 positions, several times faster for short prompts such as class
-        names.
+        block_at). Same result as running all 77 positions; 8.7x faster on the 51 HMDB-51 class prompts (11 positions
+        of 77; benchmarks/bench_clip.py).
         prompts ([n_ctx, W]) are inserted after the start token, which moves the end tokens n_ctx positions on; the
         longest prompted text must still fit in context_length.
         """

@@ -35,7 +35,8 @@ novel classes in evaluation, another dataset for zero-shot transfer. When no tex
 (or gradients are off), the normalised class embeddings are computed once per (class names, templates) and reused;
 the cache is keyed on the text-side parameters' storage and version counters, so an optimizer step,
 load_state_dict or .to() invalidates it by itself. (An in-place write through `.data` bypasses version counters:
-call clear_text_cache() after one.)
+call clear_text_cache() after one.) What it buys: 51 class prompts cost 0.32 s of ViT-B/16's text tower on a CPU,
+a cache hit 0.13 ms (benchmarks/README.md), at every evaluation batch.
 
 Prompt templates, `templates=`: the authors fine-tune and evaluate with FINETUNE_TEMPLATE "a photo of a {}." and
 report vanilla CLIP zero-shot with the bare class name, ZERO_SHOT_TEMPLATE "{}". A list of templates is averaged
