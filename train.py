@@ -398,10 +398,11 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            sums = torch.tensor(step_sums, dtype=torch.float64, device=rt.device)
-            if rt.distributed:
-                dist.all_reduce(sums)  # the loss logged is every process's
-            sums = sums.tolist() + [time.time() - step_start]
+            if rt.distributed:  # the loss logged is every process's
+                reduced = torch.tensor(step_sums, dtype=torch.float64, device=rt.device)
+                dist.all_reduce(reduced)
+                step_sums = reduced.tolist()
+            sums = step_sums + [time.time() - step_start]
             state["epoch_sums"] = [a + b for a, b in zip(state["epoch_sums"], sums)]
             state["step"] += 1
             state["step_in_epoch"] += 1
