@@ -109,7 +109,7 @@ def evaluate_splits(net, splits: list, cfg, rt, num_clips=1, num_crops=1) -> tup
     for split in splits:
         dataset = split.dataset(cfg, train=False, num_clips=num_clips, num_crops=num_crops)
         bar = lambda loader, desc: tqdm(loader, f"eval {split.name}", leave=False, file=sys.stdout,  # noqa: E731
-                                        disable=not rt.is_main)
+                                        disable=not rt.is_main or None)
         reports[split.name] = evaluate(net, dataset, split.class_names, rt, cfg.micro_batch, cfg.workers,
                                        lambda: mixed_precision.autocast(rt.device, cfg.precision), bar)
         if reports[split.name]["unreadable"] == len(split.samples):  # an accuracy of 0 that says nothing: stop

@@ -89,15 +89,16 @@ def code_version() -> str:
         return "unknown"
 
 
-def prepare_resume(cfg, given: set, may_change: set) -> tuple:
+def prepare_resume(cfg, given: set, may_change: set, added: dict = None) -> tuple:
     """(the checkpoint to resume from, the interrupted run's configuration) for --resume. The run's flags come from
     its checkpoint; a flag given now (`given`) that would change what the run computes must equal the interrupted
-    run's value, so we refuse rather than mix two runs in one. Flags in `may_change` take this command's values."""
+    run's value, so we refuse rather than mix two runs in one. Flags in `may_change` take this command's values;
+    flags in `added` (name -> value) that the checkpoint predates take the value its run ran with."""
     path = os.path.join(cfg.out, "last.pt") if cfg.resume == "last.pt" else cfg.resume
     if not os.path.isfile(path):
         raise ValueError(f"--resume: {path} does not exist (nothing to resume; start the run without --resume)")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    saved = dict(checkpoint["config"])
+    saved = {**(added or {}), **checkpoint["config"]}
     changed = [f"--{name.replace('_', '-')} {getattr(cfg, name)} (the run has {saved[name]})"
                for name in sorted(given - may_change) if name in saved and getattr(cfg, name) != saved[name]]
     if changed:

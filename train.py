@@ -88,6 +88,7 @@ class Config:
                                             "each process's share of the batch up to --max-micro-batch)")
     max_micro_batch: Optional[int] = flag(None, "the largest micro-batch the device's memory allows")
     lr: Optional[float] = flag(None, "peak learning rate (AdamW, cosine schedule)")
+    image_lr_scale: Optional[float] = flag(None, "the image tower's learning rate as a fraction of --lr")
     weight_decay: float = flag(0.001, "AdamW weight decay")
     warmup_epochs: Optional[float] = flag(None, "linear warm-up epochs")
     mixup: Optional[float] = flag(None, "mixup alpha (0: off)")
@@ -119,8 +120,8 @@ class Config:
 # The paper's defaults (Appendix B, Sec. 4) and the authors' configs, per setting. A dataset's own `defaults`
 # (protocols.py, miniworld.World) change some of them; explicit flags always win.
 PAPER_DEFAULTS = {
-    "common": dict(clip="ViT-B/16", warmup_epochs=5, augment="paper", mixup=0.8, cutmix=1.0, label_smoothing=0.1,
-                   num_clips=1, num_crops=1, eval_every=1, max_micro_batch=4),
+    "common": dict(clip="ViT-B/16", image_lr_scale=1.0, warmup_epochs=5, augment="paper", mixup=0.8, cutmix=1.0,
+                   label_smoothing=0.1, num_clips=1, num_crops=1, eval_every=1, max_micro_batch=4),
     "zeroshot": dict(frames=32, epochs=10, batch_size=256, lr=8e-6),
     "base2novel": dict(frames=32, epochs=11, batch_size=64, lr=2e-6),
     "fewshot": dict(frames=32, epochs=50, batch_size=64, lr=2e-6),
@@ -136,6 +137,8 @@ PROMPT_DEFAULTS = {  # --train prompts, the authors' configs: 10 tokens x depth 
 DATASETS = dict(protocols.PAPER_DATASETS, miniworld=miniworld.WORLD)
 # Flags that cannot change what a resumed run computes, so they may differ from the interrupted run's.
 RESUME_MAY_CHANGE = {"workers", "device", "out", "resume", "save_every", "max_steps", "grad_checkpointing", "compile"}
+# Flags added after runs were saved, with the value such a run ran with (a resume restores it).
+ADDED_FLAGS = {"image_lr_scale": 1.0}
 
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -295,7 +298,8 @@ def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
     """(cfg, checkpoint to resume or None, training Split, evaluation Splits, model, batch plan or None). A failure
     is a UserError whose one line names the flag or the file."""
     try:
-        checkpoint, cfg = run_files.prepare_resume(cfg, given, RESUME_MAY_CHANGE) if cfg.resume else (None, cfg)
+        checkpoint, cfg = (run_files.prepare_resume(cfg, given, RESUME_MAY_CHANGE, ADDED_FLAGS) if cfg.resume
+                           else (None, cfg))
         if cfg.precision == "fp16" and rt.device.type != "cuda":
             raise UserError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
         if cfg.precision == "auto":  # training stays fp32; evaluating alone runs in what this device does fastest
@@ -318,12 +322,26 @@ def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
 # Training
 
 
+def parameter_groups(net: vifi.ViFiCLIP, cfg: Config) -> list:
+    """AdamW's parameter groups: the trainable parameters at --lr, those of the image tower at --lr x
+    --image-lr-scale (one group when that is 1, as in the paper). The first group's learning rate is the one logged."""
+    params = vifi.trainable_parameters(net)
+    if cfg.image_lr_scale == 1:
+        return [dict(params=params)]
+    image = {id(p) for p in net.clip.visual.parameters()}
+    groups = [dict(params=[p for p in params if id(p) not in image]),
+              dict(params=[p for p in params if id(p) in image], lr=cfg.lr * cfg.image_lr_scale)]
+    return [g for g in groups if g["params"]]
+
+
 def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
     cfg, checkpoint, train_split, evals, model, plan = setup(cfg, rt, set(given))
     net = model  # the model itself; `model` may become its DDP / compiled wrapper
     log(rt, f"{cfg.setting} on {cfg.dataset}: {len(train_split.samples)} training videos, "
             f"{len(train_split.class_names)} classes; trainable parameters "
-            f"{sum(p.numel() for p in vifi.trainable_parameters(net)):,}")
+            f"{sum(p.numel() for p in vifi.trainable_parameters(net)):,}"
+            + (f"; the image tower's learning rate is {cfg.image_lr_scale:g} x --lr"
+               if cfg.image_lr_scale != 1 and cfg.train in ("both", "image") else ""))
     os.makedirs(cfg.out, exist_ok=True)
     if rt.is_main:
         run_files.remove_stale_temporaries(cfg.out)
@@ -333,7 +351,7 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
 
     batch, _, accumulation, steps_per_epoch = plan
     total_steps = cfg.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(vifi.trainable_parameters(net), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8,
+    optimizer = torch.optim.AdamW(parameter_groups(net, cfg), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8,
                                   weight_decay=cfg.weight_decay, fused=rt.device.type == "cuda" or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_lr(s, total_steps, round(cfg.warmup_epochs * steps_per_epoch)))
@@ -372,7 +390,9 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
                             collate_fn=data.collate, pin_memory=rt.device.type == "cuda")
         model.train()
         step_start, step_sums = time.time(), [0.0, 0, 0]  # this step's loss sum, micro-batches, unreadable videos
-        bar = tqdm(loader, f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stdout, disable=not rt.is_main)
+        # a bar on the first process, in a terminal (None: tqdm leaves it out where the output is not one, e.g. a log)
+        bar = tqdm(loader, f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stdout,
+                   disable=not rt.is_main or None)
         for i, batch_data in enumerate(bar):
             micro = i % accumulation
             clips = batch_data["clips"].to(rt.device, non_blocking=True)  # [m, T, 3, H, W]

@@ -15,12 +15,14 @@ import pytest
 import torch
 
 import clip_model
+import clip_weights
 import data
 import miniworld
 import mixed_precision
 import run_files
 import tiny_clip
 import train
+import vifi
 from conftest import assert_same_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,6 +124,37 @@ def test_resume_mid_epoch_ends_with_identical_weights(world, random_tiny_clip, t
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_the_image_tower_learns_at_its_own_rate(world, random_tiny_clip, tmp_path):
+    cfg = train.parse_args(["--clip", random_tiny_clip, "--lr", "1e-3", "--image-lr-scale", "0.25"])
+    model = vifi.ViFiCLIP(clip_weights.load(random_tiny_clip), ["a", "b"], train_mode="both")
+    groups = train.parameter_groups(model, cfg)
+    image = {id(p) for p in model.clip.visual.parameters()}
+    assert [g.get("lr", cfg.lr) for g in groups] == [1e-3, 2.5e-4]
+    assert all(id(p) not in image for p in groups[0]["params"]) and all(id(p) in image for p in groups[1]["params"])
+    assert sum(len(g["params"]) for g in groups) == len(vifi.trainable_parameters(model))
+    cfg.image_lr_scale = 1  # the paper: one group
+    assert len(train.parameter_groups(model, cfg)) == 1
+    # a scale of 0 freezes the image tower in effect: one step changes the text tower only
+    start = torch.load(random_tiny_clip, weights_only=True)
+    run(tmp_path, world, random_tiny_clip, "--setting", "fewshot", "--k", "2", "--image-lr-scale", "0",
+        "--max-steps", "1")
+    after = {name.removeprefix("clip."): value for name, value in weights(tmp_path).items()}  # the trained ones
+    changed = {name for name in after if not torch.equal(start[name], after[name])}
+    assert any(name.startswith("visual.") for name in after)  # trainable, yet unchanged:
+    assert changed and all(not name.startswith("visual.") for name in changed), changed
+    assert any(name.startswith("transformer.") for name in changed)
+
+
+def test_a_checkpoint_from_before_a_flag_resumes_with_the_value_it_ran_with(world, random_tiny_clip, tmp_path):
+    run(tmp_path, world, random_tiny_clip, "--setting", "fewshot", "--k", "2", "--max-steps", "1")
+    checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)
+    del checkpoint["config"]["image_lr_scale"]  # saved before the flag existed: the run ran at scale 1
+    torch.save(checkpoint, tmp_path / "last.pt")
+    cfg = train.parse_args(["--resume", "--out", str(tmp_path)])
+    _, resumed = run_files.prepare_resume(cfg, {"resume", "out"}, train.RESUME_MAY_CHANGE, train.ADDED_FLAGS)
+    assert resumed.image_lr_scale == 1.0 and resumed.lr == checkpoint["config"]["lr"]
 
 
 def log_lines(out):
@@ -375,6 +408,7 @@ def test_defaults_follow_the_paper_per_setting():
     cfg = train.parse_args(["--setting", "fewshot", "--dataset", "hmdb51", "--train", "prompts", "--lr", "1e-3"])
     assert (cfg.lr, cfg.n_ctx_vision, cfg.depth_text) == (1e-3, 10, 12)  # an explicit flag wins
     assert train.parse_args([]).clip == miniworld.TINY_CLIP_NAME
+    assert cfg.image_lr_scale == 1 and train.parse_args([]).image_lr_scale == 0.1  # the paper: one rate; the world: two
 
 
 def user_error(capsys, *argv):
