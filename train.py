@@ -322,18 +322,6 @@ def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
 # Training
 
 
-def parameter_groups(net: vifi.ViFiCLIP, cfg: Config) -> list:
-    """AdamW's parameter groups: the trainable parameters at --lr, those of the image tower at --lr x
-    --image-lr-scale (one group when that is 1, as in the paper). The first group's learning rate is the one logged."""
-    params = vifi.trainable_parameters(net)
-    if cfg.image_lr_scale == 1:
-        return [dict(params=params)]
-    image = {id(p) for p in net.clip.visual.parameters()}
-    groups = [dict(params=[p for p in params if id(p) not in image]),
-              dict(params=[p for p in params if id(p) in image], lr=cfg.lr * cfg.image_lr_scale)]
-    return [g for g in groups if g["params"]]
-
-
 def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
     cfg, checkpoint, train_split, evals, model, plan = setup(cfg, rt, set(given))
     net = model  # the model itself; `model` may become its DDP / compiled wrapper
@@ -351,8 +339,9 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
 
     batch, _, accumulation, steps_per_epoch = plan
     total_steps = cfg.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(parameter_groups(net, cfg), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8,
-                                  weight_decay=cfg.weight_decay, fused=rt.device.type == "cuda" or None)
+    groups = vifi.parameter_groups(net, cfg.lr, cfg.image_lr_scale)  # the world's image tower learns slower
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay,
+                                  fused=rt.device.type == "cuda" or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_lr(s, total_steps, round(cfg.warmup_epochs * steps_per_epoch)))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.precision == "fp16")

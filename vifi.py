@@ -237,6 +237,19 @@ def trainable_parameters(model: nn.Module) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def parameter_groups(model: ViFiCLIP, lr: float, image_lr_scale: float = 1.0) -> list:
+    """The optimizer's parameter groups: the trainable parameters at lr, those of the image tower at lr x
+    image_lr_scale (one group when that is 1, as in the paper; the embedded world trains its image tower slower).
+    The first group holds the rest, so its learning rate is the run's."""
+    params = trainable_parameters(model)
+    if image_lr_scale == 1:
+        return [dict(params=params)]
+    image = {id(p) for p in model.clip.visual.parameters()}
+    groups = [dict(params=[p for p in params if id(p) not in image]),
+              dict(params=[p for p in params if id(p) in image], lr=lr * image_lr_scale)]
+    return [g for g in groups if g["params"]]
+
+
 def trainable_state_dict(model: nn.Module) -> dict:
     """{name: tensor} of the trainable parameters only (a prompt run: kilobytes)."""
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}

@@ -129,13 +129,12 @@ def test_resume_mid_epoch_ends_with_identical_weights(world, random_tiny_clip, t
 def test_the_image_tower_learns_at_its_own_rate(world, random_tiny_clip, tmp_path):
     cfg = train.parse_args(["--clip", random_tiny_clip, "--lr", "1e-3", "--image-lr-scale", "0.25"])
     model = vifi.ViFiCLIP(clip_weights.load(random_tiny_clip), ["a", "b"], train_mode="both")
-    groups = train.parameter_groups(model, cfg)
+    groups = vifi.parameter_groups(model, cfg.lr, cfg.image_lr_scale)
     image = {id(p) for p in model.clip.visual.parameters()}
     assert [g.get("lr", cfg.lr) for g in groups] == [1e-3, 2.5e-4]
     assert all(id(p) not in image for p in groups[0]["params"]) and all(id(p) in image for p in groups[1]["params"])
     assert sum(len(g["params"]) for g in groups) == len(vifi.trainable_parameters(model))
-    cfg.image_lr_scale = 1  # the paper: one group
-    assert len(train.parameter_groups(model, cfg)) == 1
+    assert len(vifi.parameter_groups(model, cfg.lr, 1)) == 1  # the paper: one group
     # a scale of 0 freezes the image tower in effect: one step changes the text tower only
     start = torch.load(random_tiny_clip, weights_only=True)
     run(tmp_path, world, random_tiny_clip, "--setting", "fewshot", "--k", "2", "--image-lr-scale", "0",
