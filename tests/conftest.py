@@ -67,14 +67,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def assert_same_weights(a: dict, b: dict, atol=1e-5):
+def assert_same_weights(a: dict, b: dict, atol=1e-5, stray=0.0):
     """Two state dicts trained on the same batches, differently split (processes, micro-batches): equal up to the order
     of floating-point sums. Not compared: the key third of attention's in_proj_bias. Softmax ignores a key bias, so its
-    gradient is rounding noise, which Adam (normalising by the gradient's size) turns into steps of up to lr."""
+    gradient is rounding noise, which Adam (normalising by the gradient's size) turns into steps of up to lr.
+    stray: the fraction of a tensor's elements allowed outside the tolerance. Any other weight whose gradient happens
+    to be ~0 goes the same way; a different batch instead moves most elements."""
     assert a.keys() == b.keys()
     for name in a:
         x, y = a[name], b[name]
         if name.endswith("attn.in_proj_bias"):
             width = x.shape[0] // 3
             x, y = torch.cat([x[:width], x[2 * width:]]), torch.cat([y[:width], y[2 * width:]])
-        torch.testing.assert_close(y, x, atol=atol, rtol=1e-4, msg=name)
+        if stray:
+            off = ~torch.isclose(y, x, atol=atol, rtol=1e-4)
+            assert off.float().mean() <= stray, f"{name}: {int(off.sum())} of {off.numel()} elements differ"
+        else:
+            torch.testing.assert_close(y, x, atol=atol, rtol=1e-4, msg=name)

@@ -300,7 +300,9 @@ def test_two_processes_train_the_model_of_one_process_with_the_paper_recipe(worl
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     initial = torch.load(random_tiny_clip, weights_only=True)
     assert max((a[n] - initial[n[len("clip."):]]).abs().max() for n in a) > 1e-3  # a step shows above tolerance
-    assert_same_weights(a, b, atol=1e-4)  # same samples and mixes; a different batch moves weights by ~lr = 1e-3
+    # Same samples and mixes; a different batch moves weights by ~lr = 1e-3. Seen on one CPU: 2 elements of the 8 M
+    # (one of 16,384 in a tensor) 1.5-2e-4 apart, Adam's steps on gradients that are ~0 (see assert_same_weights).
+    assert_same_weights(a, b, atol=1e-4, stray=1e-3)
     assert two["reports"]["val"]["top1"] == pytest.approx(one["reports"]["val"]["top1"])
 
 
