@@ -8,7 +8,8 @@ classifies the mean of the frame embeddings (Eq. 1). Here the tiny CLIP stays fr
 K-shot training videos of `--split s` (the very videos the main job trains on with that seed) and scored on the
 evaluation split (test; MINIWORLD_EVAL=val: validation), as train.py scores the main job:
 
-  linear, mean of frames      a logistic regression on the normalised mean of the frame embeddings (Eq. 1's video)
+  linear, mean of frames      a logistic regression on the normalised mean of the frame embeddings, each taken at
+                              unit norm (Eq. 1 averages them as they come, then normalises)
   cosine head, CLIP's scale   one free unit vector per class, logits exp(logit_scale) * cos(video, class): the best a
                               text tower could do on frozen image features if it could write any class embedding
                               (text-FT's role)
