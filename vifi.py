@@ -240,7 +240,8 @@ def trainable_parameters(model: nn.Module) -> list:
 def parameter_groups(model: ViFiCLIP, lr: float, image_lr_scale: float = 1.0) -> list:
     """The optimizer's parameter groups: the trainable parameters at lr, those of the image tower at lr x
     image_lr_scale (one group when that is 1, as in the paper; the embedded world trains its image tower slower).
-    The first group holds the rest, so its learning rate is the run's."""
+    The first group holds the rest, so its learning rate is the run's; when only the image tower trains, the one
+    group is its own, at lr x image_lr_scale (what train.py then logs as the rate)."""
     params = trainable_parameters(model)
     if image_lr_scale == 1:
         return [dict(params=params)]
