@@ -955,20 +955,22 @@ class World:
     # from toy-k400 (seed 1) 43.3 / 56.9 against 39.7 / 51.7; base-to-novel (seed 1) novel 33.9 against 30.6. Batch 8
     # gives the small datasets enough steps. Zero-shot: 2 epochs of toy-k400, set by the CPU budget. No mixup, and
     # crop-only augmentation: a flip turns "moving to the left" into "moving to the right", a hue shift turns "red"
-    # into "orange". Few-shot trains without the crop as well (augment "none": only the frames' positions in their
-    # segments vary): the crop moves an object by up to a sixth of the frame and enlarges it up to 1.5x, the cues the
-    # classes are named for ("to the left edge", "until huge"). Without it (seeds 1, 2): 16 shots 50.0 / 47.8 against
-    # 46.9 / 42.2, 2 shots 26.1 / 24.4 against 22.8 / 23.1. Base-to-novel keeps it: without, novel fell from 33.9 /
-    # 32.8 to 26.1 / 27.8 (benchmarks/README.md, the world's defaults). The few-shot and base-to-novel runs evaluate
-    # once, at the end. The tiny CLIP has 4 layers.
+    # into "orange". Few-shot and zero-shot train without the crop as well (augment "none": only the frames' positions
+    # in their segments vary): the crop moves an object by up to a sixth of the frame and enlarges it up to 1.5x, the
+    # cues the classes are named for ("to the left edge", "until huge"). Without it (seeds 1, 2): 16 shots 50.0 / 47.8
+    # against 46.9 / 42.2, 2 shots 26.1 / 24.4 against 22.8 / 23.1; zero-shot from toy-k400, toy-hmdb 52.8 / 50.8
+    # against 43.3 / 40.0 (toy-ucf 56.1 / 55.3 against 56.9 / 56.1). Base-to-novel keeps it: without, novel fell from
+    # 33.9 / 32.8 to 26.1 / 27.8 (benchmarks/README.md, the world's defaults). Prompt learning, in every setting,
+    # trains without it: on the bridged model, base-to-novel HM 63.9 / 59.2 against 50.0 / 47.3 with it. The
+    # few-shot and base-to-novel runs evaluate once, at the end. The tiny CLIP has 4 layers: prompts at all of them.
     defaults = dict(
         common=dict(clip=TINY_CLIP_NAME, image_lr_scale=0.1, warmup_epochs=1, mixup=0.0, cutmix=0.0,
                     label_smoothing=0.0, augment="crop", eval_every=10, max_micro_batch=8),
-        zeroshot=dict(frames=8, epochs=2, batch_size=8, lr=3e-4),
+        zeroshot=dict(frames=8, epochs=2, batch_size=8, lr=3e-4, augment="none"),
         base2novel=dict(frames=8, epochs=10, batch_size=8, lr=3e-4),
         fewshot=dict(frames=8, epochs=10, batch_size=8, lr=3e-4, augment="none"),
         fully=dict(frames=8, epochs=3, batch_size=8, lr=3e-4, num_clips=2, num_crops=3),
-        prompts=dict(n_ctx_text=8, n_ctx_vision=8, depth_text=4, depth_vision=4))
+        prompts=dict(n_ctx_text=8, n_ctx_vision=8, depth_text=4, depth_vision=4, augment="none"))
 
     def splits(self, cfg) -> tuple:
         """Evaluated on each dataset's test split; $MINIWORLD_EVAL=val evaluates on the validation split instead

@@ -410,11 +410,15 @@ def test_defaults_follow_the_paper_per_setting():
     assert (cfg.lr, cfg.n_ctx_vision, cfg.depth_text) == (1e-3, 10, 12)  # an explicit flag wins
     assert train.parse_args([]).clip == miniworld.TINY_CLIP_NAME
     assert cfg.image_lr_scale == 1 and train.parse_args([]).image_lr_scale == 0.1  # the paper: one rate; the world: two
-    # the paper's multi-scale crop; the world: the crop alone, and none for few-shot (its classes are where an object
-    # ends and how big it grows, which a crop moves and scales: miniworld.World.defaults)
+    # the paper's multi-scale crop; the world: the crop alone, and none for few-shot and zero-shot (their classes are
+    # where an object ends and how big it grows, which a crop moves and scales: miniworld.World.defaults)
     assert cfg.augment == "paper"
     assert [train.parse_args(["--setting", s]).augment for s in ("fewshot", "base2novel", "zeroshot", "fully")] == \
-        ["none", "crop", "crop", "crop"]
+        ["none", "crop", "none", "crop"]
+    # prompt learning trains without the crop in every setting of the world (base-to-novel included); the paper's
+    # datasets keep the paper's augmentation for prompts too
+    assert train.parse_args(["--setting", "base2novel", "--train", "prompts"]).augment == "none"
+    assert train.parse_args(["--setting", "base2novel", "--dataset", "hmdb51", "--train", "prompts"]).augment == "paper"
 
 
 def user_error(capsys, *argv):
