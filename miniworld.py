@@ -961,10 +961,10 @@ class World:
     # against 46.9 / 42.2, 2 shots 26.1 / 24.4 against 22.8 / 23.1; zero-shot from toy-k400, toy-hmdb 52.8 / 50.8
     # against 43.3 / 40.0 (toy-ucf 56.1 / 55.3 against 56.9 / 56.1). Base-to-novel keeps it: without, novel fell from
     # 33.9 / 32.8 to 26.1 / 27.8 (benchmarks/README.md, the world's defaults). Prompt learning, in every setting,
-    # trains without it: on the bridged model, base-to-novel HM 63.9 / 59.2 against 50.0 / 47.3 with it. Without
-    # the crop, the full image rate again (seeds 1-3): K = 2 / 4 / 8 / 16 22.7 / 33.1 / 40.1 / 50.7 against 24.1 /
-    # 35.1 / 40.4 / 49.5 at 0.1; 0.1 stays for every K. The
-    # few-shot and base-to-novel runs evaluate once, at the end. The tiny CLIP has 4 layers: prompts at all of them.
+    # trains without it: on the bridged model, base-to-novel HM 63.9 / 59.2 against 50.0 / 47.3 with it. Without the
+    # crop, the full image rate again (seeds 1-3): K = 2 / 4 / 8 / 16 22.7 / 33.1 / 40.1 / 50.7 against 24.1 / 35.1 /
+    # 40.4 / 49.5 at 0.1; 0.1 stays for every K. The few-shot and base-to-novel runs evaluate once, at the end. The tiny
+    # CLIP has 4 layers: prompts at all of them.
     defaults = dict(
         common=dict(clip=TINY_CLIP_NAME, image_lr_scale=0.1, warmup_epochs=1, mixup=0.0, cutmix=0.0,
                     label_smoothing=0.0, augment="crop", eval_every=10, max_micro_batch=8),
