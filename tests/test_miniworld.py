@@ -53,6 +53,17 @@ def test_the_world_imports_no_model():
 
 
 @pytest.mark.parametrize("name", list(miniworld.DATASETS))
+def test_every_class_has_its_own_name_and_files(reduced_world, name):
+    """Two classes with one name would be one prompt for two labels, and one folder for both classes' videos (world
+    v2's toy-k400 had "star spinning" twice: the later class's files overwrote the earlier one's)."""
+    names = [spec["name"] for spec in miniworld.DATASETS[name][0]]
+    assert len(set(names)) == len(names) and len({miniworld.slug(n) for n in names}) == len(names)
+    paths = miniworld.dataset_paths(name, root=os.path.dirname(reduced_world), reduced=True)
+    rels = [rel for split in miniworld.SPLITS for rel, _ in data.read_list(paths[split], len(names))]
+    assert len(set(rels)) == len(rels)
+
+
+@pytest.mark.parametrize("name", list(miniworld.DATASETS))
 def test_reduced_world_decodes_through_data_py_with_the_right_labels(reduced_world, name):
     paths = miniworld.dataset_paths(name, root=os.path.dirname(reduced_world), reduced=True)
     classes = miniworld.DATASETS[name][0]
