@@ -732,8 +732,7 @@ def _k400_classes():
         shapes = []
         for j in range(3):  # every other shape of the pool, the next one where that is taken (4 rotatable shapes)
             start = (i + 2 * j) % len(pool)
-            shapes.append(next(pool[(start + d) % len(pool)] for d in range(len(pool))
-                               if pool[(start + d) % len(pool)] not in shapes))
+            shapes.append(next(s for s in pool[start:] + pool[:start] if s not in shapes))
         classes += [_c(_phrase(m, shape), m, shape=shape) for shape in shapes]
     classes.append(_c("star turning from green to yellow", "recolour", shape="star", colours=("green", "yellow")))
     classes.append(_c("cross turning from white to pink", "recolour", shape="cross", colours=("white", "pink")))
