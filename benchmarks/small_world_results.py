@@ -9,11 +9,12 @@ Rows (paper table in brackets):
   fully supervised on toy-k400                     [Table 4]                 --setting fully
   embedding / decision / image-level fusion        [Table 5]                 --fusion ...
   VL prompting on the bridged model                [Tables 7-8]              --train prompts --init-from <bridged>
-Protocols: few-shot (K=16 on toy-hmdb; also at K = 2, 4, 8), fully supervised (toy-k400), zero-shot (train on toy-k400, evaluate toy-hmdb and toy-ucf),
-base-to-novel (toy-hmdb). The bridged model of the prompting rows is the ViFi-CLIP trained on toy-k400 (zero-shot
-protocol) with the same seed. Every figure is on the world's test split (miniworld.dataset_paths "eval"; set
-MINIWORLD_EVAL=val to run the table on the validation split, as the defaults were chosen). Prints a markdown table of mean ± std over seeds, and writes it with every run's
-metrics to --out/results.json.
+Protocols: few-shot (K=16 on toy-hmdb; also at K = 2, 4, 8), fully supervised (toy-k400), zero-shot (train on
+toy-k400, evaluate toy-hmdb and toy-ucf), base-to-novel (toy-hmdb). The bridged model of the prompting rows is the
+ViFi-CLIP trained on toy-k400 (zero-shot protocol) with the same seed. Every figure is on the world's test split
+(miniworld.dataset_paths "eval"; set MINIWORLD_EVAL=val to run the table on the validation split, as the defaults
+were chosen). Prints a markdown table of mean ± std over seeds, and writes it with every run's metrics to
+--out/results.json.
 """
 import argparse
 import json
