@@ -8,7 +8,7 @@ Reading order:
   read_labels, read_list            the files (DatasetError "file:line: ..." for anything malformed)
   kshot_split, base_novel_split     the few-shot and base-to-novel splits (Sec. 3)
   sample_indices                    sparse segment sampling (TSN): T segments, one frame of each
-  eval_plan, train_plan, apply_plan one geometry and colour change per clip, as crop boxes resized to the input size
+  eval_plan, train_plan, apply_plan one geometry per clip (colour per frame), as crop boxes resized to the input size
   VideoDataset, collate             clips [V*T, 3, S, S] (V = num_clips x num_crops views) with label, index, ok
   mixup_cutmix                      the authors' mixup / cutmix with label smoothing
 
@@ -182,29 +182,36 @@ def subset_ids(class_names, names):
 # Frame sampling (sparse segment sampling [TSN], Appendix D)
 
 def sample_indices(num_frames, T, mode="train", generator=None, num_clips=1):
-    """Frame indices, num_clips * T of them, view after view.
+    """Frame indices, num_clips * T of them, view after view (sparse segment sampling, TSN).
 
-    The video is cut into T equal segments and one frame is taken from each: at a uniformly random position in
-    training, at the centre in evaluation. With num_clips views in evaluation, view v takes the frame at
-    (v + 0.5) / num_clips of each segment, so the views are spread evenly and are the same every time. Videos
-    shorter than T frames repeat frames. `generator` is a torch.Generator (training only)."""
+    Training, as the authors' pipeline samples (mmaction's SampleFrames): T segments of num_frames // T frames, one
+    frame at a uniformly random position in each; so the last num_frames mod T frames are never drawn, and a video of
+    T to 2T - 1 frames always gives frames 0..T-1. A video shorter than T frames repeats frames: round(t * N / T),
+    rounding half to even. `generator` is a torch.Generator.
+    Evaluation: the video cut into T equal segments, the frame at the centre of each; with num_clips views, view v
+    takes the frame at (v + 0.5) / num_clips of each segment, so the views are spread evenly and are the same every
+    time (the authors' multi-view test draws its clips at random: benchmarks/README.md, departures)."""
     if num_frames < 1 or T < 1 or num_clips < 1:
         raise ValueError(f"need num_frames, T, num_clips >= 1, got {num_frames}, {T}, {num_clips}")
+    if mode == "train":
+        seg = num_frames // T
+        if seg > 0:
+            idx = torch.arange(T) * seg + torch.randint(seg, (num_clips, T), generator=generator)
+        else:
+            idx = torch.round(torch.arange(T, dtype=torch.float64) * num_frames / T).long().expand(num_clips, T)
+        return (idx % num_frames).flatten().tolist()  # "% num_frames": a rounded index of N wraps to 0, as theirs
+    if mode != "eval":
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
     seg = num_frames / T
     starts = torch.arange(T, dtype=torch.float64) * seg
-    if mode == "train":
-        offsets = torch.rand(num_clips, T, generator=generator, dtype=torch.float64)
-    elif mode == "eval":
-        offsets = ((torch.arange(num_clips, dtype=torch.float64) + 0.5) / num_clips)[:, None].expand(num_clips, T)
-    else:
-        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    offsets = ((torch.arange(num_clips, dtype=torch.float64) + 0.5) / num_clips)[:, None].expand(num_clips, T)
     idx = torch.floor(starts + offsets * seg).long().clamp_(0, num_frames - 1)  # [num_clips, T]
     return idx.flatten().tolist()
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Transforms (Appendix D). A plan fixes one geometry and one colour change for a whole clip, as crop boxes in the
-# decoded frame resized straight to input_size^2: "resize the short side, then crop", touching only kept pixels.
+# Transforms (Appendix D). A plan fixes one geometry for a whole clip (and a colour change per frame), as crop boxes
+# in the decoded frame resized straight to input_size^2: "resize the short side, then crop", touching only kept pixels.
 
 def eval_plan(w, h, input_size=224, num_crops=1):
     """Evaluation geometry for a w x h video: short side to 256 (scaled with input_size, e.g. 384 for 336) then a
@@ -225,14 +232,16 @@ def eval_plan(w, h, input_size=224, num_crops=1):
 AUGMENTATIONS = ("paper", "crop", "none")
 
 
-def train_plan(w, h, input_size=224, generator=None, augment="paper"):
-    """Training geometry and colour for a w x h video, one draw per clip (Appendix B/D, the authors' pipeline):
-    short side to 256 (scaled with input_size), multi-scale crop (sides from SCALES of the short side, width and
-    height at most one scale apart, at a corner or the centre) resized to input_size^2, flip (p .5), colour jitter
-    (p .8), grayscale (p .2). augment="crop": the crop only, for classes that a flip or a colour change turns into
-    others ("moving to the left", "red circle"; SSv2's left/right classes, though the authors flipped them);
-    "none": the evaluation's centre crop, only the frame positions vary.
-    Returns dict(size, crops=[(x, y, cw, ch)] in source pixels, flip, jitter (None or (order, b, c, s, h)), gray)."""
+def train_plan(w, h, input_size=224, generator=None, augment="paper", frames=1):
+    """Training geometry and colour for `frames` frames of a w x h video (Appendix B/D, the authors' pipeline): short
+    side to 256 (scaled with input_size), multi-scale crop (sides from SCALES of the short side, width and height at
+    most one scale apart, at a corner or the centre) resized to input_size^2, flip (p .5), colour jitter (p .8, then
+    drawn anew for every frame, as their pipeline jitters frame by frame), grayscale (p .2); all but the jitter's
+    factors are one draw per clip. augment="crop": the crop only, for classes that a flip or a colour change turns into
+    others ("moving to the left", "red circle"; SSv2's left/right classes, though the authors flipped them); "none":
+    the evaluation's centre crop, only the frame positions vary.
+    Returns dict(size, crops=[(x, y, cw, ch)] in source pixels, flip, jitter (None or one (order, b, c, s, h) per
+    frame), gray)."""
     if augment == "none":
         return dict(eval_plan(w, h, input_size), flip=False, jitter=None, gray=False)
     g = generator
@@ -250,45 +259,61 @@ def train_plan(w, h, input_size=224, generator=None, augment="paper"):
     x, y = min(round(x / r), w - cw), min(round(y / r), h - ch)
     flip = rand() < 0.5
     jitter = None
-    if rand() < JITTER["p"]:
-        order = torch.randperm(4, generator=g).tolist()
+    if rand() < JITTER["p"]:  # torchvision's ColorJitter.get_params, once per frame
         u = lambda lo, hi: lo + (hi - lo) * rand()
-        b, c, s = (u(1 - JITTER[k], 1 + JITTER[k]) for k in ("brightness", "contrast", "saturation"))
-        jitter = (order, b, c, s, u(-JITTER["hue"], JITTER["hue"]))
+        jitter = []
+        for _ in range(frames):
+            order = torch.randperm(4, generator=g).tolist()
+            b, c, s = (u(1 - JITTER[k], 1 + JITTER[k]) for k in ("brightness", "contrast", "saturation"))
+            jitter.append((order, b, c, s, u(-JITTER["hue"], JITTER["hue"])))
     gray = rand() < GRAYSCALE_P
     if augment == "crop":
         flip, jitter, gray = False, None, False
     return dict(size=input_size, crops=[(x, y, cw, ch)], flip=flip, jitter=jitter, gray=gray)
 
 
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
-_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
+_LUMA = torch.tensor([0.299, 0.587, 0.114])  # PIL's grayscale, as the authors' GrayScale
+_JITTER_LUMA = torch.tensor([0.2989, 0.587, 0.114])  # torchvision's, as its ColorJitter on tensors
 
 
-def _gray(x):  # [N, 3, H, W] -> [N, 1, H, W]
-    return torch.einsum("c,nchw->nhw", _LUMA, x).unsqueeze(1)
+def _gray(x, luma=_LUMA):  # [N, 3, H, W] -> [N, 1, H, W]
+    return torch.einsum("c,nchw->nhw", luma, x).unsqueeze(1)
 
 
-def color_jitter(x, order, b, c, s, h):
-    """Brightness, contrast, saturation and hue with one set of factors for all frames, in `order`
-    (0..3 = b, c, s, h), clamped to [0, 1] after each step like torchvision's ColorJitter. x: float [N, 3, H, W]
-    in [0, 1]. Hue turns the chroma plane of YIQ by 2*pi*h: a linear stand-in for torchvision's HSV hue shift,
-    which costs about 300 ms per 32-frame clip."""
-    for op in order:
-        if op == 0:
-            x = x * b
-        elif op == 1:
-            m = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-            x = (x - m) * c + m
-        elif op == 2:
-            g = _gray(x)
-            x = (x - g) * s + g
-        else:
-            cos, sin = math.cos(2 * math.pi * h), math.sin(2 * math.pi * h)
-            rot = torch.tensor([[1.0, 0, 0], [0, cos, -sin], [0, sin, cos]])
-            x = torch.einsum("ij,njhw->nihw", _YIQ2RGB @ rot @ _RGB2YIQ, x)
-        x = x.clamp(0, 1)
+def _shift_hue(x, h):
+    """The hue of HSV turned by h [N] of a full turn, saturation and value kept. x: [N, 3, H, W] in [0, 1]."""
+    hi, lo = x.max(1, keepdim=True).values, x.min(1, keepdim=True).values
+    chroma = hi - lo  # = value x saturation
+    r, g, b = x.split(1, dim=1)
+    c = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    sixths = torch.where(hi == r, ((g - b) / c) % 6, torch.where(hi == g, (b - r) / c + 2, (r - g) / c + 4))
+    sixths = (sixths + 6 * h.view(-1, 1, 1, 1)) % 6  # [N, 1, H, W], the hue in [0, 6)
+    k = (torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1) + sixths) % 6  # HSV -> RGB: R, G, B at n = 5, 3, 1
+    return hi - chroma * (torch.minimum(k, 4 - k)).clamp(0, 1)
+
+
+def color_jitter(x, params):
+    """torchvision's ColorJitter with given factors, one set per frame: params[i] = (order, b, c, s, h) for frame i,
+    brightness, contrast, saturation and hue (HSV) applied in `order` (0..3 = b, c, s, h), each result clamped to
+    [0, 1]. x: float [N, 3, H, W] in [0, 1]. Vectorised over the frames (torchvision's hue costs ~0.1 s a frame)."""
+    orders = torch.tensor([p[0] for p in params])  # [N, 4]
+    factors = torch.tensor([p[1:] for p in params], dtype=x.dtype)  # [N, 4]: b, c, s, h
+    x = x.clone()
+    for position in range(orders.shape[1]):
+        for op in range(4):
+            i = torch.nonzero(orders[:, position] == op).flatten()
+            if len(i) == 0:
+                continue
+            v, f = x[i], factors[i, op].view(-1, 1, 1, 1)
+            if op == 0:
+                v = v * f
+            elif op == 1:
+                v = f * v + (1 - f) * _gray(v, _JITTER_LUMA).mean(dim=(1, 2, 3), keepdim=True)
+            elif op == 2:
+                v = f * v + (1 - f) * _gray(v, _JITTER_LUMA)
+            else:
+                v = _shift_hue(v, f.flatten())
+            x[i] = v.clamp(0, 1)
     return x
 
 
@@ -309,8 +334,8 @@ def apply_plan(frames, plan, norm="clip"):
         v = v.contiguous().float()  # [N, 3, S, S], 0..255
         if plan.get("jitter") or plan.get("gray"):
             v = v.div_(255)
-            if plan.get("jitter"):
-                v = color_jitter(v, *plan["jitter"])
+            if plan.get("jitter"):  # one draw per frame
+                v = color_jitter(v, plan["jitter"])
             if plan.get("gray"):
                 v = _gray(v).expand(-1, 3, -1, -1)
             views.append((v - mean) / std)
@@ -384,7 +409,8 @@ class VideoDataset(torch.utils.data.Dataset):
                 frames = r.get(sample_indices(r.num_frames, T, "eval", num_clips=self.num_clips))  # [C*T, h, w, 3]
         h, w = frames.shape[1:3]
         if self.train:
-            return apply_plan(frames, train_plan(w, h, S, generator=g, augment=self.augment), self.norm)
+            return apply_plan(frames, train_plan(w, h, S, generator=g, augment=self.augment, frames=len(frames)),
+                              self.norm)
         plan = eval_plan(w, h, S, self.num_crops)
         views = [apply_plan(frames[c * T:(c + 1) * T], plan, self.norm) for c in range(self.num_clips)]
         return torch.cat(views) if len(views) > 1 else views[0]  # [num_clips * num_crops * T, 3, S, S]
@@ -428,17 +454,18 @@ def collate(batch):
 
 def mixup_cutmix(clips, labels, num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, smoothing=0.1,
                  generator=None):
-    """Mix each clip of the batch with the batch reversed: mixup (a blend) or CutMix (one box, the same in every
-    frame; chosen with probability switch_prob), lambda ~ Beta(alpha, alpha). clips [B, ..., H, W], labels [B] ->
-    (mixed clips, smoothed soft targets [B, num_classes]). Defaults: the authors' settings. (torchvision's v2 MixUp and
-    CutMix pair each clip with the batch rolled by one, not reversed, and do not smooth: not the authors' recipe.)"""
+    """Mix each clip of the batch with a partner drawn by a random permutation of the batch (the authors' blending; a
+    clip may draw itself and stay unmixed): mixup (a blend) or CutMix (one box, the same in every frame; chosen with
+    probability switch_prob), lambda ~ Beta(alpha, alpha), corrected to the box's area. clips [B, ..., H, W],
+    labels [B] -> (mixed clips, smoothed soft targets [B, num_classes]). Defaults: the authors' settings."""
     g = generator
     rng = np.random.default_rng(int(torch.randint(2**62, (), generator=g)))
     off = smoothing / num_classes
     y = torch.full((len(labels), num_classes), off, device=clips.device)
     y.scatter_(1, labels.view(-1, 1).to(clips.device), 1 - smoothing + off)
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < switch_prob)
-    other = clips.flip(0)
+    partner = torch.randperm(len(labels), generator=g).to(clips.device)
+    other = clips[partner]
     if use_cutmix:
         lam = rng.beta(cutmix_alpha, cutmix_alpha)
         H, W = clips.shape[-2:]
@@ -455,4 +482,4 @@ def mixup_cutmix(clips, labels, num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, 
         clips = clips * lam + other * (1 - lam)
     else:
         lam = 1.0
-    return clips, y * lam + y.flip(0) * (1 - lam)
+    return clips, y * lam + y[partner] * (1 - lam)

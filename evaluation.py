@@ -83,9 +83,10 @@ def summarize(setting: str, reports: dict) -> dict:
 
 
 def headline(summary: dict) -> float:
-    """The number best.pt is chosen by: the harmonic mean, else top-1, else the mean of the zero-shot targets."""
-    if "hm" in summary:
-        return summary["hm"]
+    """The number best.pt is chosen by: base-to-novel's base accuracy (as the authors choose; the novel classes stay
+    unseen), else top-1, else the mean of the zero-shot targets."""
+    if "base" in summary:
+        return summary["base"]
     if "top1" in summary:
         return summary["top1"]
     means = [v for k, v in summary.items() if k.endswith("top1_mean")]
@@ -130,17 +131,22 @@ def final_evaluation(net, splits: list, cfg, rt, single_view=None) -> tuple:
     return reports, summary
 
 
-def write_metrics(cfg, rt, reports: dict, summary: dict, history: list) -> dict:
-    """metrics.json in the run's folder (written whole or not at all), and the results printed."""
-    metrics = dict(summary=summary, reports=reports, history=history, config=dataclasses.asdict(cfg),
-                   code_version=run_files.code_version(), world_size=rt.world_size,
+def write_metrics(cfg, rt, reports: dict, summary: dict, history: list, reported: str, final: dict = None) -> dict:
+    """metrics.json in the run's folder (written whole or not at all), and the results printed. `reported` says which
+    weights the figures are of; `final`: the final weights' reports and summary, where the figures are another's."""
+    metrics = dict(summary=summary, reports=reports, reported=reported, history=history,
+                   config=dataclasses.asdict(cfg), code_version=run_files.code_version(), world_size=rt.world_size,
                    warnings=unreadable_warnings(reports))
+    if final is not None:
+        metrics["final"] = final
     if rt.is_main:
         run_files.atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2))
         for name, r in reports.items():
             print(f"{name:>20}: top-1 {r['top1']:.1f}  top-5 {r['top5']:.1f}  mean-class {r['mean_class']:.1f}  "
                   f"({r['videos']} videos, {r['unreadable']} unreadable)")
-        print("summary: " + json.dumps({k: round(v, 2) for k, v in summary.items()}), flush=True)
+        print(f"summary ({reported}): " + json.dumps({k: round(v, 2) for k, v in summary.items()}), flush=True)
+        if final is not None:
+            print("final weights: " + json.dumps({k: round(v, 2) for k, v in final["summary"].items()}), flush=True)
         for warning in metrics["warnings"]:
             print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     return metrics

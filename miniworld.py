@@ -970,7 +970,7 @@ class World:
     # runs evaluate once, at the end. The tiny CLIP has 4 layers: prompts at all of them.
     defaults = dict(
         common=dict(clip=TINY_CLIP_NAME, image_lr_scale=0.1, warmup_epochs=1, mixup=0.0, cutmix=0.0,
-                    label_smoothing=0.0, augment="crop", eval_every=10, max_micro_batch=8),
+                    label_smoothing=0.0, augment="crop", eval_every=0, max_micro_batch=8, normalization="clip"),
         zeroshot=dict(frames=8, epochs=2, batch_size=8, lr=3e-4, augment="none"),
         base2novel=dict(frames=8, epochs=10, batch_size=8, lr=3e-4),
         fewshot=dict(frames=8, epochs=10, batch_size=8, lr=3e-4, augment="none"),

@@ -1,5 +1,6 @@
-"""Mixed precision on any device: autocast by name ("fp32", "bf16", "fp16"), and the measured choice of the fastest
-precision for inference ("auto"). Training runs fp32 unless asked otherwise; the weights always stay fp32.
+"""Mixed precision on any device: autocast by name ("fp32", "bf16", "fp16"), train.py's choice ("auto": mixed on CUDA,
+as the authors train, fp32 on a CPU), and the measured choice of the fastest precision for classify. The weights always
+stay fp32.
 
 Not the paper's method: vifi.classify and train.py call it so that one flag works on a CPU and on CUDA.
 """
@@ -17,6 +18,16 @@ def autocast(device: Union[str, torch.device], precision: str):
     """torch.autocast in "bf16" or "fp16"; "fp32" runs as is. The weights stay fp32 either way."""
     dtype = AUTOCAST_DTYPES[precision]
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def training_precision(device: Union[str, torch.device]) -> str:
+    """train.py's "auto", for training and evaluation alike: the authors train and evaluate in fp16 with dynamic loss
+    scaling (apex O1); on CUDA we autocast to bf16 where the GPU has it (no loss scale needed), else fp16 with a
+    GradScaler. On a CPU, fp32: a reported figure must not depend on a choice made by timing the machine."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 BF16_MIN_SPEEDUP = 1.25  # "auto" takes bf16 on a CPU only for a clear gain: below it, fp32's exactness is worth more

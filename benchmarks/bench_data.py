@@ -104,7 +104,7 @@ def decord_load(path, train, generator=None):
         n = r.num_frames
     frames = vr.get_batch(data.sample_indices(n, T, "train" if train else "eval", generator=generator)).asnumpy()
     h, w = frames.shape[1:3]
-    plan = data.train_plan(w, h, 224, generator=generator) if train else data.eval_plan(w, h, 224)
+    plan = data.train_plan(w, h, 224, generator=generator, frames=T) if train else data.eval_plan(w, h, 224)
     return data.apply_plan(frames, plan)
 
 

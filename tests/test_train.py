@@ -138,7 +138,7 @@ def test_the_image_tower_learns_at_its_own_rate(world, random_tiny_clip, tmp_pat
     # a scale of 0 freezes the image tower in effect: one step changes the text tower only
     start = torch.load(random_tiny_clip, weights_only=True)
     run(tmp_path, world, random_tiny_clip, "--setting", "fewshot", "--k", "2", "--image-lr-scale", "0",
-        "--max-steps", "1")
+        "--max-steps", "1", "--warmup-epochs", "0")  # (with a warm-up the first step runs at lr 0, as the authors')
     after = {name.removeprefix("clip."): value for name, value in weights(tmp_path).items()}  # the trained ones
     changed = {name for name in after if not torch.equal(start[name], after[name])}
     assert any(name.startswith("visual.") for name in after)  # trainable, yet unchanged:
@@ -378,11 +378,12 @@ def test_bf16_autocast_and_activation_checkpointing_train(world, random_tiny_cli
     assert all(v.dtype == torch.float32 for v in weights(tmp_path).values())  # fp32 master weights
 
 
-def test_precision_auto_trains_in_fp32_and_evaluates_in_what_the_device_computes_fastest(world, random_tiny_clip,
-                                                                                         tmp_path, monkeypatch):
-    monkeypatch.setattr(mixed_precision, "inference_precision", lambda device, requested="auto": "bf16")  # as where it is faster
+def test_precision_auto_on_a_cpu_is_fp32_for_training_and_evaluation_however_fast_bf16_is(world, random_tiny_clip,
+                                                                                          tmp_path, monkeypatch):
+    # a reported figure must not depend on a timing of the machine: classify's measured choice stays out of train.py
+    monkeypatch.setattr(mixed_precision, "inference_precision", lambda device, requested="auto": "bf16")
     evaluated = run(tmp_path / "eval", world, random_tiny_clip, "--setting", "fewshot", "--k", "2", "--train", "none")
-    assert evaluated["config"]["precision"] == "bf16"
+    assert evaluated["config"]["precision"] == "fp32"
     trained = run(tmp_path / "train", world, random_tiny_clip, "--k", "2", "--max-steps", "1")
     assert trained["config"]["precision"] == "fp32"
 
@@ -405,7 +406,7 @@ def test_defaults_follow_the_paper_per_setting():
     cfg = train.parse_args(["--setting", "fewshot", "--dataset", "hmdb51"])
     assert (cfg.frames, cfg.batch_size, cfg.lr, cfg.mixup, cfg.cutmix, cfg.label_smoothing) == (32, 64, 2e-6, .8, 1, .1)
     cfg = train.parse_args(["--setting", "base2novel", "--dataset", "hmdb51", "--train", "prompts"])
-    assert (cfg.lr, cfg.n_ctx_text, cfg.depth_vision) == (8e-3, 16, 9)
+    assert (cfg.lr, cfg.n_ctx_text, cfg.depth_vision) == (4e-2, 16, 9)
     cfg = train.parse_args(["--setting", "fewshot", "--dataset", "hmdb51", "--train", "prompts", "--lr", "1e-3"])
     assert (cfg.lr, cfg.n_ctx_vision, cfg.depth_text) == (1e-3, 10, 12)  # an explicit flag wins
     assert train.parse_args([]).clip == miniworld.TINY_CLIP_NAME
