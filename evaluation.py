@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 import data
 import mixed_precision
+import paper_figures
 import run_files
 from video_index import DatasetError
 
@@ -135,12 +136,14 @@ def write_metrics(cfg, rt, reports: dict, summary: dict, history: list) -> dict:
     metrics = dict(summary=summary, reports=reports, history=history, config=dataclasses.asdict(cfg),
                    code_version=run_files.code_version(), world_size=rt.world_size,
                    warnings=unreadable_warnings(reports))
+    metrics["paper"] = paper_figures.beside(cfg, reports, summary)  # the paper's figure for this run's row, if any
     if rt.is_main:
         run_files.atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2))
         for name, r in reports.items():
             print(f"{name:>20}: top-1 {r['top1']:.1f}  top-5 {r['top5']:.1f}  mean-class {r['mean_class']:.1f}  "
                   f"({r['videos']} videos, {r['unreadable']} unreadable)")
         print("summary: " + json.dumps({k: round(v, 2) for k, v in summary.items()}), flush=True)
+        print("".join(f"{line}\n" for line in paper_figures.lines(metrics["paper"], cfg.dataset)), end="", flush=True)
         for warning in metrics["warnings"]:
             print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     return metrics
