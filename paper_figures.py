@@ -88,7 +88,8 @@ def lookup(cfg, path: str = FIGURES) -> tuple:
     for field, flag in FLAGS.items():
         kept = [r for r in found if r[field] == "" or r[field] == str(run[field])]
         if not kept:
-            return [], f"{flag} {run[field]}: the paper's rows have {' or '.join(sorted({r[field] for r in found}, key=lambda v: (len(v), v)))}"
+            values = sorted({r[field] for r in found}, key=lambda v: (len(v), v))  # 2, 4, 8, 16
+            return [], f"{flag} {run[field]}: the paper's rows have {' or '.join(values)}"
         found = kept
     if cfg.setting == "zeroshot":
         targets = (cfg.targets or protocols.PAPER_DATASETS[cfg.dataset].targets).split(",")
