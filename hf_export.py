@@ -155,7 +155,8 @@ def model_card(model: ViFiCLIP, classes: Sequence[str], frames: int, source: Opt
     else:
         lines += ["- classes: not recorded with these weights"]
     lines += [f"- class prompt{'s (their text embeddings averaged)' if len(templates) > 1 else ''}: "
-              + ", ".join(f"`{t}`" for t in templates) + " (`{}` is the class name, underscores read as spaces)",
+              + ", ".join(f"`{t}`" for t in templates) + " (`{}` is the class name, underscores read as spaces"
+              + (", behind the learned text tokens)" if model.prompts.has_text else ")"),
               f"- frames: {frames} per video, one from the middle of each of {frames} equal segments, short side "
               f"resized to {int(256 / 224 * size)}, centre crop {size} x {size}",
               f"- pixel statistics: {'ImageNet' if norm == 'imagenet' else 'CLIP'}'s (mean "
@@ -342,6 +343,8 @@ def main(argv=None) -> str:
     args = make_parser().parse_args(argv)
     if os.path.exists(args.folder) and not args.force:
         raise ExportError(f"{args.folder} exists; choose another folder, or --force to replace it")
+    if args.classes is not None and args.labels is not None:
+        raise ExportError("give the classes once: --classes or --labels")
     if args.frames is not None and args.frames < 1:
         raise ExportError(f"--frames {args.frames}: must be at least 1")
     classes = read_classes(args.classes, args.labels)
