@@ -274,8 +274,11 @@ def _write_folder(tmp: str, files: dict, tensors: dict):
             f.write(text if text.endswith("\n") else text + "\n")
             f.flush()
             os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
     for name, (state_dict, metadata) in tensors.items():
         save_file(state_dict, os.path.join(tmp, name), metadata=metadata)
+        os.chmod(os.path.join(tmp, name), 0o666 & ~umask)  # as readable as the JSON files (safetensors writes 0600)
         with open(os.path.join(tmp, name), "rb") as f:
             os.fsync(f.fileno())
 
