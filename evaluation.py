@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 import data
 import mixed_precision
+import paper_figures
 import run_files
 from video_index import DatasetError
 
@@ -139,6 +140,7 @@ def write_metrics(cfg, rt, reports: dict, summary: dict, history: list, reported
                    warnings=unreadable_warnings(reports))
     if final is not None:
         metrics["final"] = final
+    metrics["paper"] = paper_figures.beside(cfg, reports, summary)  # the paper's figure for this run's row, if any
     if rt.is_main:
         run_files.atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2))
         for name, r in reports.items():
@@ -147,6 +149,7 @@ def write_metrics(cfg, rt, reports: dict, summary: dict, history: list, reported
         print(f"summary ({reported}): " + json.dumps({k: round(v, 2) for k, v in summary.items()}), flush=True)
         if final is not None:
             print("final weights: " + json.dumps({k: round(v, 2) for k, v in final["summary"].items()}), flush=True)
+        print("".join(f"{line}\n" for line in paper_figures.lines(metrics["paper"], cfg.dataset)), end="", flush=True)
         for warning in metrics["warnings"]:
             print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     return metrics

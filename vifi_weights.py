@@ -4,8 +4,12 @@
   our own runs                        train.py's best.pt / last.pt (the trainable parameters, whole parts)
   prompt checkpoints                  prompts.py's files (the prompts and a SHA-256 reference to the bridged model)
   OpenAI state dicts                  a CLIP in OpenAI's names (clip_weights.py reads every other CLIP format)
+  Hugging Face folders                hf_export.py's (with their classes, templates, pixel statistics and prompts),
+                                      or any openai/clip-vit-* folder (load_hugging_face)
 
-A file loads whole or not at all, and every error names the file. Not the paper's method: vifi.py is the model.
+`load_model(name, file or folder, class_names)` builds a ready ViFiCLIP from any of them (classify_video.py and
+hf_export.py take their weights through it). A file loads whole or not at all, and every error names the file. Not
+the paper's method: vifi.py is the model.
 
 The authors' released checkpoints (load_authors_checkpoint, load_weights): a .pth whose "model" entry is the
 state dict of their DistributedDataParallel-wrapped model. Key mapping (after removing their "module." prefix):
@@ -32,6 +36,7 @@ refuses anything else by name. The released models were trained on frames normal
 (data.NORMS["imagenet"]), not CLIP's: models loaded from them carry normalization="imagenet", which classify uses.
 """
 import copy
+import json
 import os
 import pickle
 import re
@@ -323,3 +328,136 @@ def load_prompted(path: str, class_names: Sequence[str], base: Union[str, CLIP, 
     except RuntimeError as e:
         raise ValueError(f"{path}: prompts do not fit the base model: {e}") from None
     return model
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hugging Face folders (hf_export.py writes them), and any ViFi-CLIP by name, file or folder
+
+HF_EXPORT_FORMAT = "vifi-clip hugging face export v1"
+HF_EXPORT_FILE = "vifi_clip.json"  # what transformers does not read: classes, templates, frames, pixel statistics
+HF_PROMPTS_FILE = "prompts.safetensors"  # a prompt-learned model's prompts (Sec. 5), beside the bridged CLIP
+
+
+def _folder_normalization(folder: str) -> str:
+    """The pixel statistics of a Hugging Face folder's preprocessor_config.json ("clip" when it has none, or others)."""
+    import data  # the statistics' values live with the data pipeline
+    path = os.path.join(folder, "preprocessor_config.json")
+    if not os.path.isfile(path):
+        return "clip"
+    with open(path) as f:
+        mean = json.load(f).get("image_mean")
+    for name, (norm_mean, _) in data.NORMS.items():
+        if isinstance(mean, list) and len(mean) == 3 and all(abs(a - b) < 1e-6 for a, b in zip(mean, norm_mean)):
+            return name
+    return "clip"
+
+
+def read_hugging_face_export(folder: str) -> dict:
+    """The content of an exported folder's vifi_clip.json ({} for a plain Hugging Face CLIP folder)."""
+    path = os.path.join(folder, HF_EXPORT_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != HF_EXPORT_FORMAT:
+        raise ValueError(f"{path}: not a ViFi-CLIP export (no format {HF_EXPORT_FORMAT!r})")
+    return meta
+
+
+def load_hugging_face(folder: str, class_names: Optional[Sequence[str]] = None, **kwargs) -> ViFiCLIP:
+    """A ViFiCLIP from a Hugging Face CLIP folder: ours (hf_export.py: its classes, templates, fusion, pixel
+    statistics and prompts come back with it) or any openai/clip-vit-* one (the pixel statistics of its
+    preprocessor_config.json). class_names default to those the export records; kwargs go to ViFiCLIP (default
+    train_mode="none")."""
+    clip = clip_weights.load(folder)
+    meta = read_hugging_face_export(folder)
+    names = list(class_names or meta.get("class_names") or [])
+    if not names:
+        raise ValueError(f"{folder}: no class names recorded with these weights; give the classes to score")
+    prompt_config = meta.get("prompts") or {}
+    options = dict(train_mode="none", templates=meta.get("templates"), fusion=meta.get("fusion", "embedding"),
+                   normalization=meta.get("normalization") or _folder_normalization(folder), **prompt_config)
+    model = ViFiCLIP(clip, names, **{**options, **kwargs})
+    if prompt_config:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        path = os.path.join(folder, HF_PROMPTS_FILE)
+        try:
+            model.prompts.load_state_dict(load_file(path), strict=True)
+        except (OSError, SafetensorError, RuntimeError) as e:
+            raise ValueError(f"{path}: the prompts of {HF_EXPORT_FILE} cannot be loaded "
+                             f"({type(e).__name__}: {' '.join(str(e).split())})") from None
+    return model
+
+
+class LoadedModel(NamedTuple):
+    """What load_model found."""
+    model: ViFiCLIP
+    format: str  # "hugging face", "name" (a CLIP by name), "openai", "authors", "prompts" or "ours"
+    config: Optional[dict]  # our run's configuration (train.py's config.json), an export's vifi_clip.json, or None
+
+
+def load_model(ref: str, class_names: Optional[Sequence[str]] = None, base: Optional[str] = None,
+               **kwargs) -> LoadedModel:
+    """Any ViFi-CLIP this project can load, ready to evaluate (train_mode="none"), scoring `class_names`:
+
+      a folder          a Hugging Face CLIP folder (load_hugging_face; class_names default to the export's)
+      a name            a CLIP clip_weights.load knows ("ViT-B/16", "miniworld-tiny"): vanilla CLIP
+      our best.pt ...   train.py's checkpoints, rebuilt from their run's configuration: its CLIP (or `base`), its
+                        --init-from (the bridged model of a prompt run), its template, fusion and prompt settings
+      the authors' .pth their released models; the token embeddings their files lack come from `base` (ViT-B/16)
+      a prompt file     prompts.save_prompts' checkpoint, on the bridged model it references (or `base`)
+      any other file    a CLIP as clip_weights.load reads it (OpenAI's archives, state dicts, safetensors)
+
+    kwargs go to ViFiCLIP. Errors are ValueError / FileNotFoundError / RuntimeError whose one line names the file."""
+    if os.path.isdir(ref):
+        return LoadedModel(load_hugging_face(ref, class_names, **kwargs), "hugging face",
+                           read_hugging_face_export(ref) or None)
+    names = list(class_names or [])
+    if not names:
+        raise ValueError(f"{ref}: give the class names to score")
+    kwargs = dict(dict(train_mode="none"), **kwargs)
+    if not os.path.isfile(ref):  # a name (clip_weights.load says what it knows when it is not one)
+        return LoadedModel(ViFiCLIP(clip_weights.load(ref), names, **kwargs), "name", None)
+    try:
+        checkpoint = read_checkpoint(ref)
+    except UnsafeCheckpointError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, ValueError):  # TorchScript, safetensors...: clip_weights' job
+        checkpoint = None
+    if isinstance(checkpoint, dict) and checkpoint.get("format") == prompts_module.PROMPT_CHECKPOINT_FORMAT:
+        return LoadedModel(load_prompted(ref, names, base=base, **kwargs), "prompts", None)
+    entry = _model_entry(checkpoint) if isinstance(checkpoint, dict) else {}
+    if is_authors_state_dict(entry):
+        return LoadedModel(_authors_model(checkpoint, ref, names, base or "ViT-B/16", **kwargs), "authors", None)
+    if any(k.startswith(("clip.", "prompts.")) for k in entry):
+        model, config = _our_model(checkpoint, ref, names, base, **kwargs)
+        return LoadedModel(model, "ours", config)
+    model = ViFiCLIP(clip_weights.load(ref), names, **kwargs)
+    return LoadedModel(model, "openai", None)
+
+
+def _our_model(checkpoint: dict, path: str, class_names: Sequence[str], base: Optional[str], **kwargs) -> tuple:
+    """train.py's best.pt / last.pt (the trainable weights and the run's configuration) -> (ViFiCLIP, config): the
+    model the run trained, built as train.build_model builds it."""
+    config = checkpoint.get("config")
+    if not isinstance(config, dict):
+        if base is None:
+            raise ValueError(f"{path}: holds our weights but no run configuration; name the CLIP they were trained "
+                             "from (base)")
+        config = {}
+    clip_ref = base or config.get("clip")
+    options = dict(fusion=config.get("fusion") or "embedding", templates=config.get("template") or None,
+                   **{k: config.get(k) or 0 for k in ("n_ctx_text", "depth_text", "n_ctx_vision", "depth_vision")})
+    model = ViFiCLIP(clip_weights.load(clip_ref), class_names, **{**options, **kwargs})
+    init_from = config.get("init_from")
+    if init_from:  # the run started from these weights (the bridged model of bridge and prompt)
+        if not os.path.isfile(init_from):
+            raise FileNotFoundError(f"{path}: its run started from --init-from {init_from}, which is not there "
+                                    "(run from the run's folder, or give the path it has now)")
+        load_weights(model, init_from)
+    _load_checkpoint(model, checkpoint, path)
+    return model, config

@@ -27,10 +27,12 @@ fake_yacs = test_vifi.fake_yacs  # a fixture, taken by name below
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READMES = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "benchmarks", "README.md")]
 RUN, QUICK, SKIP = "run as written", "run in its short mode", "skip"
+SHARE = "run in order in one folder"  # your own video and sharing weights: test_readme_sharing_commands_run_in_order
 
 # (pattern, what to do, reason). The first rule that matches a command decides.
 COMMANDS = [
     (r"-m pytest|^bash \.ci/run$", SKIP, "the test suite itself (CI runs it: bash .ci/run)"),
+    (r"^python3? (hf_export|classify_video)\.py ", SHARE, ""),  # on the tiny CLIP, see the test
     (r"--nnodes", SKIP, "needs several machines"),
     (r"benchmarks/gpu_checks\.py", SKIP, "needs a CUDA GPU"),
     (r"^python3? tiny_clip\.py", SKIP, "pretrains the tiny CLIP: half an hour (tests/test_tiny_clip.py runs 2 steps)"),
@@ -139,6 +141,48 @@ def test_readme_python_snippets_run(tmp_path, fake_yacs, monkeypatch):
     for block in blocks:
         code = block.replace('"ViT-B/16"', f'"{miniworld.TINY_CLIP_NAME}"')
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+
+
+@pytest.mark.slow
+def test_readme_sharing_commands_run_in_order(tmp_path, fake_yacs):
+    """The commands of "Your own video" and "Sharing weights", in the README's order, in one folder, on the tiny CLIP:
+    out/best.pt is a checkpoint of the main job's run as run_files writes it (the tiny CLIP's weights, not trained),
+    vifi_clip_k400.pth tiny weights in the authors' layout (their token embeddings come from the tiny CLIP: the
+    command gets --base miniworld-tiny), my_video.mp4 a rendered video, splits/ the repository's."""
+    import clip_weights
+    import run_files
+    import train
+    import vifi
+    commands = runnable(SHARE)
+    assert [c.split()[1] for c in commands] == ["classify_video.py", "hf_export.py", "hf_export.py",
+                                                "classify_video.py"]
+    clip = clip_weights.load(miniworld.TINY_CLIP_NAME)
+    cfg = train.parse_args(["--setting", "fewshot", "--k", "16"])  # the main job's configuration
+    cfg.normalization = "clip"
+    model = vifi.ViFiCLIP(clip, ["dancing", "swimming"], train_mode=cfg.train)
+    optimizer = torch.optim.AdamW(vifi.trainable_parameters(model))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    os.makedirs(tmp_path / "out")
+    run_files.save_checkpoint(str(tmp_path / "out" / "best.pt"), model, optimizer, scheduler,
+                              torch.amp.GradScaler("cpu", enabled=False), dict(epoch=10), cfg)
+    save_authors_checkpoint(tmp_path / "vifi_clip_k400.pth", model, fake_yacs)
+    write_video(tmp_path / "my_video.mp4")
+    for command in commands:
+        if "vifi_clip_k400.pth" in command and "--base" not in command:
+            command += f" --base {miniworld.TINY_CLIP_NAME}"
+        result = shell(command.replace("splits/labels/", os.path.join(ROOT, "splits", "labels", "")), tmp_path)
+        assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        if "hf_export.py" in command:  # a folder transformers reads, the run's classes or the labels' in its card
+            folder = tmp_path / command.split()[3]
+            card = open(folder / "README.md").read()
+            count = len(miniworld.TOY_HMDB) if "best.pt" in command else 400  # the main job's, or Kinetics-400's
+            assert f"- classes ({count}, in label order" in card
+            transformers = pytest.importorskip("transformers")
+            transformers.CLIPModel.from_pretrained(str(folder))
+            transformers.CLIPProcessor.from_pretrained(str(folder))
+        else:  # a ranking
+            assert "my_video.mp4:" in result.stdout and re.search(r"^\s+\d+\.\d\d%  ", result.stdout, flags=re.M)
+        print(f"{command}: ok")
 
 
 @pytest.mark.slow
