@@ -51,8 +51,8 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The same function as silu(1.702 x) / 1.702, computed by F.silu's one fused kernel instead of three passes
-        # over the [N, L, 4W] activation (measured at ViT-B/16, batch 8: 113 -> 58 ms of a forward pass on a CPU, and
-        # one activation kept for backward instead of two). In-place division is autograd-safe: silu saves its input.
+        # over the [N, L, 4W] activation, with one activation kept for backward instead of two (benchmarks/README.md,
+        # Speed). In-place division is autograd-safe: silu saves its input.
         return F.silu(1.702 * x).div_(1.702)
 
 
@@ -73,10 +73,14 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
         """x: [N, L, W] -> [N, L, W]."""
         N, L, W = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [N, L, 3W]: one matmul makes q, k and v
-        q, k, v = qkv.view(N, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)  # [N, heads, L, W/heads]
+        q, k, v = split_heads(F.linear(x, self.in_proj_weight, self.in_proj_bias), self.heads, W)  # one matmul
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [N, heads, L, W/heads]
         return self.out_proj(y.transpose(1, 2).reshape(N, L, W))
+
+
+def split_heads(x: torch.Tensor, heads: int, width: int) -> torch.Tensor:
+    """[N, L, n * width] (n projections side by side: q, k, v) -> [n, N, heads, L, width / heads]."""
+    return x.view(*x.shape[:2], -1, heads, width // heads).permute(2, 0, 3, 1, 4)
 
 
 class ResidualBlock(nn.Module):
@@ -102,17 +106,16 @@ def block_at(block: ResidualBlock, x: torch.Tensor, position: torch.Tensor, caus
 
     A speed-up, nothing else: each tower reads one token of its last layer (the class token, the end token), so that
     layer needs the query, the attention output and the MLP at that token only; every position is still a key and a
-    value: about 7% of the matrix-multiply work of ViT-B/16's image tower, and measured alone 1.06-1.07x the images
-    per second of a full last layer read at the same token (fp32, 2-core CPU, batch 1, 8 and 32:
-    benchmarks/bench_clip.py). The result equals block(x)[range(N), position] to float rounding (tested)."""
+    value: about 7% of the matrix-multiply work of ViT-B/16's image tower (measured: benchmarks/README.md, Speed).
+    The result equals block(x)[range(N), position] to float rounding (tested)."""
     N, L, W = x.shape
     heads = block.attn.heads
     h = block.ln_1(x)
     w_q, w_kv = block.attn.in_proj_weight.split([W, 2 * W])
     b_q, b_kv = block.attn.in_proj_bias.split([W, 2 * W])
     rows = torch.arange(N, device=x.device)
-    q = F.linear(h[rows, position], w_q, b_q).view(N, heads, 1, W // heads)  # [N, heads, 1, W/heads]
-    k, v = F.linear(h, w_kv, b_kv).view(N, L, 2, heads, W // heads).permute(2, 0, 3, 1, 4)  # [N, heads, L, W/heads]
+    q = split_heads(F.linear(h[rows, position, None], w_q, b_q), heads, W)[0]  # [N, heads, 1, W/heads]
+    k, v = split_heads(F.linear(h, w_kv, b_kv), heads, W)  # [N, heads, L, W/heads] each
     mask = None
     if causal:  # the query sees the keys up to its own position
         mask = (torch.arange(L, device=x.device) <= position[:, None])[:, None, None, :]  # [N, 1, 1, L]
@@ -130,18 +133,21 @@ def replace_tokens(x: torch.Tensor, start: int, tokens: torch.Tensor) -> torch.T
 
 
 class Transformer(nn.Module):
+    """A stack of layers, read at one position per sequence: what each tower reads (its class token, its end
+    token)."""
+
     def __init__(self, width: int, layers: int, heads: int):
         super().__init__()
         self.width = width
         self.layers = layers
         self.resblocks = nn.Sequential(*[ResidualBlock(width, heads) for _ in range(layers)])
-        self.grad_checkpointing = False  # recompute each layer's activations in backward: less memory, ~30% slower
+        self.grad_checkpointing = False  # recompute each layer's activations in backward: less memory, slower
 
-    def forward(self, x: torch.Tensor, read: Optional[torch.Tensor] = None, causal: bool = False,
-                deep_prompts: Optional[list] = None, prompt_start: int = 0) -> torch.Tensor:
-        """x: [N, L, W] -> [N, L, W]; with read ([N] positions), only the last layer's output at position read[n] of
-        each sequence, [N, W] (block_at: what each tower reads, for less work). deep_prompts[i-1] ([n_ctx, W])
-        replaces x[:, prompt_start:prompt_start+n_ctx] before layer i (Sec. 5)."""
+    def forward(self, x: torch.Tensor, read: torch.Tensor, causal: bool = False, deep_prompts: Optional[list] = None,
+                prompt_start: int = 0) -> torch.Tensor:
+        """x: [N, L, W], read: [N] positions -> [N, W], the last layer's output at position read[n] of each sequence
+        (the last layer computes only there: block_at). deep_prompts[i-1] ([n_ctx, W]) replaces
+        x[:, prompt_start:prompt_start+n_ctx] before layer i (Sec. 5)."""
         deep_prompts = deep_prompts or []
         if len(deep_prompts) >= self.layers:
             raise ValueError(f"{len(deep_prompts)} deep prompts for {self.layers} layers: at most layers - 1 "
@@ -150,11 +156,9 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.resblocks):
             if 1 <= i <= len(deep_prompts):
                 x = replace_tokens(x, prompt_start, deep_prompts[i - 1])
-            if read is not None and i == self.layers - 1:
-                x = run(block_at, block, x, read, causal, use_reentrant=False)
-            else:
-                x = run(block, x, causal, use_reentrant=False)
-        return x
+            if i < self.layers - 1:
+                x = run(block, x, causal, use_reentrant=False)  # [N, L, W]
+        return run(block_at, block, x, read, causal, use_reentrant=False)  # the last layer at `read` only: [N, W]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -193,6 +197,11 @@ class VisionTransformer(nn.Module):
         return x @ self.proj  # [N, output_dim]
 
 
+def heads_for(width: int) -> int:
+    """OpenAI's CLIPs have one attention head per 64 channels (at least one)."""
+    return max(width // 64, 1)
+
+
 class CLIP(nn.Module):
     """Both towers. The constructor takes OpenAI's arguments (ViT image towers only; ResNet CLIPs are not used by
     ViFi-CLIP)."""
@@ -203,7 +212,7 @@ class CLIP(nn.Module):
         super().__init__()
         self.context_length = context_length
         self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width, vision_layers,
-                                        heads=vision_width // 64 or 1, output_dim=embed_dim)
+                                        heads=heads_for(vision_width), output_dim=embed_dim)
         self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads)
         self.vocab_size = vocab_size
         self.token_embedding = nn.Embedding(vocab_size, transformer_width)
@@ -306,7 +315,7 @@ def model_config(state_dict: dict) -> dict:
         context_length=state_dict["positional_embedding"].shape[0],
         vocab_size=state_dict["token_embedding.weight"].shape[0],
         transformer_width=transformer_width,
-        transformer_heads=max(transformer_width // 64, 1),
+        transformer_heads=heads_for(transformer_width),
         transformer_layers=_count_layers(state_dict, "transformer.resblocks."),
     )
 
@@ -360,8 +369,6 @@ def last_layer_attention(clip: CLIP, images: torch.Tensor, prompts: Optional[tor
     finally:
         hook.remove()
     x = block.ln_1(inputs[-1])  # [N, L, W]
-    N, L, W = x.shape
-    heads = block.attn.heads
-    qkv = F.linear(x, block.attn.in_proj_weight, block.attn.in_proj_bias).view(N, L, 3, heads, W // heads)
-    q, k = qkv.permute(2, 0, 3, 1, 4)[:2]  # [N, heads, L, head_dim] each
-    return (q.float() @ k.float().transpose(-2, -1) * (W // heads) ** -0.5).softmax(dim=-1)
+    W, heads = x.shape[-1], block.attn.heads
+    q, k, _ = split_heads(F.linear(x, block.attn.in_proj_weight, block.attn.in_proj_bias), heads, W)
+    return (q.float() @ k.float().transpose(-2, -1) * (W // heads) ** -0.5).softmax(dim=-1)  # [N, heads, L, L]

@@ -30,6 +30,7 @@ import functools
 import gzip
 import html
 import os
+import reprlib
 
 import ftfy
 import regex  # the `regex` package, not `re`: it knows unicode classes such as \p{L} (any letter)
@@ -183,10 +184,6 @@ def default_tokenizer() -> Tokenizer:
     return Tokenizer()
 
 
-def _shorten(text: str, width: int = 60) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = False) -> torch.LongTensor:
     """Token ids for CLIP's text encoder: a LongTensor [N, context_length], one row per text.
 
@@ -206,7 +203,7 @@ def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = 
         if len(ids) > context_length:
             if not truncate:
                 raise ValueError(
-                    f"text {_shorten(text)!r} is {len(ids)} tokens long (start/end tokens included), more than "
+                    f"text {reprlib.repr(text)} is {len(ids)} tokens long (start/end tokens included), more than "
                     f"context_length={context_length}; shorten it or pass truncate=True"
                 )
             ids = ids[:context_length]
