@@ -38,7 +38,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import clip_weights
@@ -372,14 +371,14 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
         log(rt, f"note: {len(dataset)} training videos < batch {cfg.batch_size}; using batch {batch}")
     log(rt, f"batch {batch} = {cfg.micro_batch} x {rt.world_size} processes x {accumulation} accumulation; "
             f"{steps_per_epoch} steps/epoch, {total_steps} steps")
+    # built once: its workers (data.loader: never forked from this process) start once and serve every epoch
+    loader = data.loader(dataset, cfg.micro_batch, cfg.workers, sampler, pin_memory=rt.device.type == "cuda")
     num_classes = len(train_split.class_names)
     last_evaluation = None  # (reports, summary) of the current weights, if the last epoch evaluated them
     for epoch in range(state["epoch"], cfg.epochs):
         last_evaluation = None
         dataset.set_epoch(epoch)  # seeds the augmentation: (seed, epoch, video index)
         sampler.set_epoch(epoch, start_step=state["step_in_epoch"])
-        loader = DataLoader(dataset, batch_size=cfg.micro_batch, sampler=sampler, num_workers=cfg.workers,
-                            collate_fn=data.collate, pin_memory=rt.device.type == "cuda")
         model.train()
         step_start, step_sums = time.time(), [0.0, 0, 0]  # this step's loss sum, micro-batches, unreadable videos
         # a bar on the first process, in a terminal (None: tqdm leaves it out where the output is not one, e.g. a log)

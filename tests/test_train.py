@@ -26,6 +26,7 @@ import mixed_precision
 import run_files
 import tiny_clip
 import train
+import video_decoder
 import vifi
 from conftest import assert_same_weights
 
@@ -430,6 +431,35 @@ def test_a_full_disk_stops_every_process_of_a_distributed_run(world, random_tiny
     assert result.returncode != 0 and result.stderr.count(line) == 2, result.stderr[-3000:]
     assert result.stderr.count("exitcode  : 1 ") == 2, result.stderr[-3000:]
     assert "Connection closed" not in result.stderr and not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+DECODES_FIRST = """import sys
+sys.path.insert(0, {root!r})
+import train, video_decoder
+if __name__ == "__main__":
+    video_decoder.decode_frames({video!r}, [0, 10], size=(64, 64))  # as a notebook that shows a frame first
+    sys.exit(train.cli({argv!r}))
+"""
+
+
+def test_workers_do_not_hang_when_the_parent_has_decoded_and_resized(world, random_tiny_clip, tmp_path):
+    """The training and evaluation loaders' workers, in a process that has decoded and resized a frame before: workers
+    forked from it hang forever in their first resize with PyAV 19 (a timeout here). data.loader starts them clean."""
+    paths = miniworld.dataset_paths("toy-hmdb", world, reduced=True)
+    video = os.path.join(paths["root"], data.read_list(paths["train"])[0][0])
+    argv = ["--reduced-world", "--data-root", world, "--clip", random_tiny_clip, "--workers", "1", "--k", "2",
+            "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / "out")]
+    script = tmp_path / "decodes_first.py"
+    script.write_text(DECODES_FIRST.format(root=ROOT, video=video, argv=argv))
+    try:
+        result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"DataLoader workers hung (PyAV {video_decoder.av.__version__}) after the parent decoded a frame")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(tmp_path / "out" / "metrics.json"))
+    assert metrics["history"] == [] and metrics["reports"][f"toy-hmdb {miniworld.eval_split()}"]["videos"] == \
+        len(miniworld.TOY_HMDB)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
