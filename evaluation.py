@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 import data
@@ -30,8 +30,8 @@ def evaluate(net, dataset: data.VideoDataset, class_names: list, rt, batch_size:
     net.eval()
     net.set_class_names(class_names)
     views = dataset.num_clips * dataset.num_crops
-    loader = DataLoader(Subset(dataset, range(rt.rank, len(dataset), rt.world_size)), batch_size=batch_size,
-                        num_workers=workers, collate_fn=data.collate)
+    loader = data.loader(Subset(dataset, range(rt.rank, len(dataset), rt.world_size)), batch_size, workers,
+                         persistent=False)  # read once: its workers end with the pass
     results = []  # (index, label, top-5 predicted classes, readable)
     for batch in progress(loader, f"eval {len(dataset)} videos"):
         clips = batch["clips"].to(rt.device, non_blocking=True)  # [B, V*T, 3, H, W]

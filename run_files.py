@@ -1,16 +1,25 @@
 """What a training run leaves in --out, written so that nothing is lost: atomic checkpoints, a log that stays true
 across kills, the random states and the code version that make a resumed run exact, and the check that a resumed run
-is the run that was interrupted. train.py calls these; none of it is the paper's method.
+is the run that was interrupted. The faults a long run meets are said in one line (RunFileError): a file that cannot
+be written (a full disk) with what is still safe, a checkpoint that cannot be read, a --out that another run holds.
+train.py calls these; none of it is the paper's method.
 """
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
 import os
+import pickle
 import random
 import re
+import socket
 import subprocess
+import zipfile
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from atomic_files import atomic_write
 import vifi
@@ -18,20 +27,149 @@ import vifi
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+class RunFileError(Exception):
+    """A run file that cannot be written, or a --out that another run holds: train.py says it in one line, without a
+    traceback, and exits with status 1."""
+
+
 # The run's files are written atomically (atomic_files.py: a crash at any moment leaves either the old file or the new
 # one, never half of one), each through the fixed temporary name <path>.tmp: at most one per file is left by a kill -9,
-# and remove_stale_temporaries, which knows these names, removes it when the run resumes.
+# and remove_stale_temporaries, which knows these names, removes it when the run resumes. A write that fails (a full
+# disk) leaves the old file and no temporary, and is a RunFileError that says which file, why, and what is still safe.
 
 
 def atomic_save(obj, path: str):
     """torch.save, atomically."""
-    with atomic_write(path, "wb", tmp=path + ".tmp") as f:
-        torch.save(obj, f)
+    with _writing(path), atomic_write(path, "wb", tmp=path + ".tmp") as f:
+        target = _KeepsWriteError(f)
+        try:
+            torch.save(obj, target)
+        except RuntimeError:  # torch reports a failed write as "unexpected pos ..." of its zip writer
+            if target.error is None:
+                raise
+            raise target.error from None
 
 
 def atomic_write_text(path: str, text: str):
-    with atomic_write(path, "w", tmp=path + ".tmp") as f:
+    with _writing(path), atomic_write(path, "w", tmp=path + ".tmp") as f:
         f.write(text)
+
+
+class _KeepsWriteError:
+    """The file torch.save writes to, keeping the OSError of a write that failed (No space left on device), which
+    torch itself turns into a RuntimeError about positions in its zip file."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+@contextlib.contextmanager
+def _writing(path: str):
+    """An OSError while writing path becomes a RunFileError: the file, the cause as the OS says it, what is safe."""
+    try:
+        yield
+    except OSError as e:
+        out = os.path.dirname(path) or "."
+        fix = "free space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+        raise RunFileError(f"cannot write {path}: {e.strerror or e}; {still_safe(out, fix)}") from e
+
+
+def still_safe(out: str, fix: str) -> str:
+    """What a run that stops now leaves in `out` to go on from, read from the checkpoint on disk, and what to do."""
+    path = os.path.join(out, "last.pt")
+    if not os.path.isfile(path):
+        return f"no checkpoint was written yet: {fix} and start the run again"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state"]
+    except Exception:  # noqa: BLE001 (whatever the reason, it cannot be resumed from)
+        return f"{path} cannot be read either: {fix} and start the run again"
+    return f"{path} still holds epoch {state['epoch']}, step {state['step']}: {fix} and rerun with --resume"
+
+
+def on_main(rt, write, *args):
+    """write(*args) on the main process only (the run's files), and every process learns whether it failed: a
+    RunFileError there is raised on every process, so that none waits forever for a main process that stopped."""
+    error = None
+    if rt.is_main:
+        try:
+            write(*args)
+        except RunFileError as e:
+            error = str(e)
+    if rt.distributed:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise RunFileError(error)
+
+
+# One run per --out: the main process holds an OS lock (flock) on <out>/.lock for as long as the run goes on. The lock
+# belongs to the open file, so it dies with the process: a kill -9 leaves nothing to clean up. The lock file holds the
+# process id, which the refusal names. Like torch.distributed's process group, the lock is the process's: taken by
+# hold_folder, let go by release_folders when train.main ends (or by the process ending).
+_held = {}  # real path of a folder this process holds -> its open lock file
+
+
+def hold_folder(out: str, rt):
+    """Take --out for this run before anything in it is touched, then remove the temporaries a killed run left (only
+    the holder may). Another run holding it is a RunFileError, on every process, naming the process that holds it."""
+    on_main(rt, _lock, out)
+
+
+def _lock(out: str):
+    if os.path.realpath(out) in _held:  # this process holds it already (runs one after another in one process)
+        return
+    try:
+        os.makedirs(out, exist_ok=True)
+        f = os.fdopen(os.open(os.path.join(out, ".lock"), os.O_RDWR | os.O_CREAT, 0o644), "r+")
+    except OSError as e:
+        raise RunFileError(f"--out {out}: cannot create the folder or its .lock: {e.strerror or e}") from e
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = f.read().strip() or "whose id is not written yet"
+        f.close()
+        raise RunFileError(f"--out {out} is in use by another run: process {holder}{_command_of(holder)}; wait "
+                           f"for it to end, or give another --out") from None
+    except OSError as e:  # a filesystem without locks (ENOLCK, EOPNOTSUPP): run, and say what is not guarded
+        print(f"note: --out {out} cannot be locked ({e.strerror}); a second run into it would not be stopped",
+              flush=True)
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    _held[os.path.realpath(out)] = f
+    remove_stale_temporaries(out)
+
+
+def _command_of(holder: str) -> str:
+    """' (its command line)' when the holder runs on this machine, else ''."""
+    pid, _, host = holder.partition(" on ")
+    try:
+        if host != socket.gethostname():
+            return ""
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+            command = " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())  # one line
+        return f" ({command[:200]})" if command else ""
+    except (OSError, ValueError):
+        return ""
+
+
+def release_folders():
+    """Let go of the --out this process holds (train.main's end)."""
+    for f in _held.values():
+        f.close()
+    _held.clear()
 
 
 def remove_stale_temporaries(out: str):
@@ -97,7 +235,7 @@ def prepare_resume(cfg, given: set, may_change: set, added: dict = None) -> tupl
     path = os.path.join(cfg.out, "last.pt") if cfg.resume == "last.pt" else cfg.resume
     if not os.path.isfile(path):
         raise ValueError(f"--resume: {path} does not exist (nothing to resume; start the run without --resume)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_run_checkpoint(path, "--resume")
     saved = {**(added or {}), **checkpoint["config"]}
     changed = [f"--{name.replace('_', '-')} {getattr(cfg, name)} (the run has {saved[name]})"
                for name in sorted(given - may_change) if name in saved and getattr(cfg, name) != saved[name]]
@@ -108,6 +246,28 @@ def prepare_resume(cfg, given: set, may_change: set, added: dict = None) -> tupl
     saved.update(out=cfg.out if "out" in given or cfg.resume == "last.pt" else os.path.dirname(path) or ".",
                  resume=path)
     return checkpoint, type(cfg)(**saved)
+
+
+def read_run_checkpoint(path: str, flag: str) -> dict:
+    """A last.pt / best.pt of train.py, or a ValueError in one line that says what the file is not."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot read {path}: {e.strerror or e}") from None
+    damaged = ValueError(f"{flag}: {path} is truncated or corrupt (not a complete checkpoint); restore a whole copy, "
+                         f"or start the run anew without --resume")
+    if not zipfile.is_zipfile(path):  # the end of every file torch.save writes: a copy cut short has none
+        raise damaged
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, AttributeError) as e:  # whole, but objects that a checkpoint of ours never holds
+        raise ValueError(f"{flag}: {path} is not a checkpoint of train.py ({str(e).splitlines()[0][:200]})") from None
+    except Exception:  # noqa: BLE001 (zip members that do not inflate, a bad CRC: torch raises RuntimeError)
+        raise damaged from None
+    if not (isinstance(checkpoint, dict) and {"model", "config", "state"} <= checkpoint.keys()):
+        raise ValueError(f"{flag}: {path} is not a checkpoint of train.py (it has no run configuration and state)")
+    return checkpoint
 
 
 def write_log(out: str, history: list):

@@ -16,7 +16,8 @@ What is trained (--train, vifi.py): both towers (ViFi-CLIP), image (CLIP image-F
 (bridge and prompt, Sec. 5, usually with --init-from a bridged model), none (vanilla CLIP, evaluation only).
 
 --out receives config.json, log.jsonl (a line per epoch), metrics.json, last.pt and best.pt; --resume continues a
-run exactly (run_files.py).
+run exactly; a run holds its --out while it runs, and a full disk or a checkpoint that cannot be read is said in one
+line (run_files.py).
 """
 import argparse
 import contextlib
@@ -37,7 +38,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import clip_weights
@@ -287,7 +287,10 @@ def build_model(cfg: Config, class_names: list, rt: Runtime) -> vifi.ViFiCLIP:
     if cfg.init_from:
         if not os.path.isfile(cfg.init_from):
             raise UserError(f"--init-from {cfg.init_from}: no such file")
-        loaded = vifi_weights.load_weights(model, cfg.init_from)
+        try:
+            loaded = vifi_weights.load_weights(model, cfg.init_from)
+        except INPUT_ERRORS as e:  # each names the file: "--init-from x.pt is truncated or corrupt ..."
+            raise UserError(f"--init-from {e}") from e
         # "imagenet" for the authors' released weights, the run's own for ours, else the setting's
         cfg.normalization = cfg.normalization or loaded.normalization or setting_defaults(cfg)["normalization"]
     model.normalization = cfg.normalization
@@ -346,6 +349,7 @@ def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
     try:
         checkpoint, cfg = (run_files.prepare_resume(cfg, given, RESUME_MAY_CHANGE, ADDED_FLAGS) if cfg.resume
                            else (None, cfg))
+        run_files.hold_folder(cfg.out, rt)  # one run per --out: a second one stops here, touching nothing
         if cfg.precision == "fp16" and rt.device.type != "cuda":
             raise UserError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
         if cfg.precision == "auto":  # the authors train and evaluate in fp16 (apex O1); a CPU stays exact
@@ -375,10 +379,8 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
             f"{sum(p.numel() for p in vifi.trainable_parameters(net)):,}"
             + (f"; the image tower's learning rate is {cfg.image_lr_scale:g} x --lr"
                if cfg.image_lr_scale != 1 and cfg.train in ("both", "image") else ""))
-    os.makedirs(cfg.out, exist_ok=True)
-    if rt.is_main:
-        run_files.remove_stale_temporaries(cfg.out)
-        run_files.atomic_write_text(os.path.join(cfg.out, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
+    run_files.on_main(rt, run_files.atomic_write_text, os.path.join(cfg.out, "config.json"),
+                      json.dumps(dataclasses.asdict(cfg), indent=2))
     if plan is None:  # evaluation only
         return evaluation.write_metrics(cfg, rt, *evaluation.final_evaluation(net, evals, cfg, rt), history=[],
                                         reported="the weights as loaded")
@@ -397,9 +399,9 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
     if cfg.compile:
         model = torch.compile(model)
 
-    def save(name: str):
-        if rt.is_main:
-            run_files.save_checkpoint(os.path.join(cfg.out, name), net, optimizer, scheduler, scaler, state, cfg)
+    def save(name: str):  # a write that fails (a full disk) stops every process, in one line (run_files.on_main)
+        run_files.on_main(rt, run_files.save_checkpoint, os.path.join(cfg.out, name), net, optimizer, scheduler,
+                          scaler, state, cfg)
 
     # Where the run is, and the running sums of the epoch (loss, micro-batches, unreadable videos, seconds), so that a
     # resumed epoch's log line covers all of its steps. It goes into every checkpoint.
@@ -408,8 +410,8 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
     if checkpoint is not None:
         state = run_files.restore_checkpoint(checkpoint, net, optimizer, scheduler, scaler, source=cfg.resume)
         log(rt, f"resumed from {cfg.resume}: epoch {state['epoch']}, step {state['step']}")
-    if rt.is_main:  # the log is the checkpoint's history (a line written after that checkpoint goes)
-        run_files.write_log(cfg.out, state["history"])
+    # the log is the checkpoint's history (a line written after that checkpoint goes)
+    run_files.on_main(rt, run_files.write_log, cfg.out, state["history"])
 
     dataset = train_split.dataset(cfg, train=True)
     sampler = global_batches.GlobalBatchSampler(len(dataset), batch, cfg.micro_batch, rt, cfg.seed)
@@ -417,14 +419,14 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
         log(rt, f"note: {len(dataset)} training videos < batch {cfg.batch_size}; using batch {batch}")
     log(rt, f"batch {batch} = {cfg.micro_batch} x {rt.world_size} processes x {accumulation} accumulation; "
             f"{steps_per_epoch} steps/epoch, {total_steps} steps")
+    # built once: its workers (data.loader: never forked from this process) start once and serve every epoch
+    loader = data.loader(dataset, cfg.micro_batch, cfg.workers, sampler, pin_memory=rt.device.type == "cuda")
     num_classes = len(train_split.class_names)
     last_evaluation = None  # (reports, summary) of the current weights, if the last epoch evaluated them
     for epoch in range(state["epoch"], cfg.epochs):
         last_evaluation = None
         dataset.set_epoch(epoch)  # seeds the augmentation: (seed, epoch, video index)
         sampler.set_epoch(epoch, start_step=state["step_in_epoch"])
-        loader = DataLoader(dataset, batch_size=cfg.micro_batch, sampler=sampler, num_workers=cfg.workers,
-                            collate_fn=data.collate, pin_memory=rt.device.type == "cuda")
         model.train()
         step_start, step_sums = time.time(), [0.0, 0, 0]  # this step's loss sum, micro-batches, unreadable videos
         # a bar on the first process, in a terminal (None: tqdm leaves it out where the output is not one, e.g. a log)
@@ -486,8 +488,8 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
         state["history"].append(record)
         log(rt, json.dumps(record))
         save("last.pt")
-        if rt.is_main:  # after the checkpoint that holds the line: a kill in between loses no line and repeats none
-            run_files.write_log(cfg.out, state["history"])
+        # after the checkpoint that holds the line: a kill in between loses no line and repeats none
+        run_files.on_main(rt, run_files.write_log, cfg.out, state["history"])
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             break
     reports, summary = evaluation.final_evaluation(net, evals, cfg, rt, last_evaluation)
@@ -508,17 +510,22 @@ def main(argv=None) -> dict:
     try:
         return train(cfg, rt, given)
     finally:
+        run_files.release_folders()  # the lock on --out (run_files.hold_folder)
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 def cli(argv=None) -> int:
-    """`python train.py ...`: a user error exits with status 2 and one line on stderr, before compute is spent."""
+    """`python train.py ...`: a user error exits with status 2 and one line on stderr, before compute is spent; a run
+    file that cannot be written (a full disk) or a --out that another run holds, with status 1 and one line."""
     try:
         main(argv)
     except (UserError, data.DatasetError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
+    except run_files.RunFileError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

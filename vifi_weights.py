@@ -113,9 +113,8 @@ def read_checkpoint(path: str):
                           mmap=zipfile.is_zipfile(path))
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f"{path}: {e}") from None
-    except Exception as e:  # torch, zipfile and pickle raise their own types for a damaged file
-        raise RuntimeError(f"{path}: cannot read checkpoint, the file is truncated or corrupt "
-                           f"({type(e).__name__}: {e})") from None
+    except Exception:  # torch, zipfile and pickle raise their own types for a damaged file
+        raise RuntimeError(f"{path} is truncated or corrupt (not a complete checkpoint)") from None
 
 
 def _model_entry(checkpoint) -> dict:

@@ -381,19 +381,11 @@ def test_decode_estimate_too_high(videos):
 
 
 def test_decode_seeks_over_long_gaps(videos, monkeypatch):
-    seeks = []
-    real_seek = av.container.InputContainer.seek
-
-    def seek(self, *a, **k):
-        seeks.append(a)
-        return real_seek(self, *a, **k)
-
     monkeypatch.setattr(video_decoder, "SEEK_GAP", 30)
-    monkeypatch.setattr(av.container.InputContainer, "seek", seek)
     idx = [3, 150, 151, 390, 399, 200]
     with video_decoder.VideoReader(videos["long"]) as r:
         got = [read_index(f) % 256 for f in r.get(idx)]
-    assert got == [i % 256 for i in idx] and len(seeks) >= 2
+    assert got == [i % 256 for i in idx] and r.seeks >= 2
 
 
 @pytest.mark.parametrize("kind, error", [("missing", FileNotFoundError), ("empty", video_decoder.DecodeError),
@@ -587,9 +579,12 @@ def test_evaluation_flags_bad_videos(videos):
 
 
 def test_failure_count_and_epoch_cross_worker_processes(videos):
+    """data.loader's workers: started clean, kept across epochs, sharing the failure table and the epoch. This process
+    decodes and resizes first, as a notebook that shows a frame does: workers forked from it hang in their first resize
+    with PyAV 19 (the timeout turns a hang into a failure)."""
+    video_decoder.decode_frames(videos["mp4"], [0, 10], size=(64, 64))
     ds = make_dataset(videos, ["mp4", "missing", "gray", "empty"], train=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=True,
-                                         collate_fn=data.collate)
+    loader = data.loader(ds, batch_size=2, workers=2, timeout=120)
     seen = {}
     for epoch in range(2):
         ds.set_epoch(epoch)

@@ -4,12 +4,16 @@ evaluation counts, and the errors a user meets before any compute is spent.
 The CLIP here has the tiny world model's architecture with random weights: what is tested is the machinery, not what
 it learns (benchmarks/small_world_results.py measures that).
 """
+import contextlib
 import dataclasses
+import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -22,6 +26,7 @@ import mixed_precision
 import run_files
 import tiny_clip
 import train
+import video_decoder
 import vifi
 from conftest import assert_same_weights
 
@@ -234,6 +239,227 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_files.atomic_save({"x": torch.zeros(2)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Faults a long run meets: a full disk, a broken checkpoint, two runs in one folder, a parent that decoded first
+
+
+class FillsUp:
+    """A file on a disk with `room` bytes left: the write that goes past it writes what fits, then fails as a full
+    disk does (OSError ENOSPC)."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        size = len(data) if isinstance(data, str) else memoryview(data).nbytes
+        if size > self.room:
+            self.f.write(data[:self.room] if isinstance(data, str) else memoryview(data).cast("B")[:self.room])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= size
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def disk_fills_up(monkeypatch, name: str, nth: int, room: int):
+    """The nth write of the run file `name` (last.pt, log.jsonl, ...) meets a full disk after `room` bytes."""
+    real, count = run_files.atomic_write, [0]
+
+    @contextlib.contextmanager
+    def atomic_write(path, mode="wb", tmp=None, encoding=None):
+        with real(path, mode, tmp=tmp, encoding=encoding) as f:
+            count[0] += os.path.basename(path) == name
+            yield FillsUp(f, room) if os.path.basename(path) == name and count[0] == nth else f
+
+    monkeypatch.setattr(run_files, "atomic_write", atomic_write)
+
+
+@pytest.mark.parametrize("name, nth", [("last.pt", 2), ("log.jsonl", 2), ("metrics.json", 1), ("config.json", 1)])
+def test_a_full_disk_stops_the_run_in_one_line_that_says_what_is_safe(name, nth, world, random_tiny_clip, tmp_path,
+                                                                      monkeypatch, capsys):
+    """Epoch 1 ends at step 6 (48 videos, batch 8). The disk fills up partway through: epoch 2's last.pt, epoch 1's
+    log line (after its checkpoint), the metrics at the end, the configuration before anything else."""
+    epochs = 2 if name == "last.pt" else 1
+    argv = ["--reduced-world", "--data-root", world, "--clip", random_tiny_clip, "--workers", "0", "--k", "2",
+            "--batch-size", "8", "--epochs", epochs, "--out", tmp_path / "full"]
+    disk_fills_up(monkeypatch, name, nth, room=100_000 if name == "last.pt" else 10)
+    code, err = user_error(capsys, *argv)
+    monkeypatch.undo()
+    out = tmp_path / "full"
+    safe = (f"{out}/last.pt still holds epoch 1, step 6: free space and rerun with --resume" if name != "config.json"
+            else "no checkpoint was written yet: free space and start the run again")
+    assert code == 1 and err == f"train.py: error: cannot write {out}/{name}: No space left on device; {safe}\n"
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]  # and the file itself is the previous one whole:
+    if name != "config.json":
+        assert torch.load(out / "last.pt", weights_only=True)["state"]["step"] == 6
+    if name == "last.pt":  # room made: resumed, it ends where an uninterrupted run ends
+        assert user_error(capsys, *argv, "--resume")[0] == 0
+        run(tmp_path / "straight", world, random_tiny_clip, "--k", "2", "--batch-size", "8", "--epochs", "2")
+        straight, resumed = weights(tmp_path / "straight"), weights(out)
+        assert all(torch.equal(straight[k], resumed[k]) for k in straight) and straight.keys() == resumed.keys()
+        assert [r["epoch"] for r in log_lines(out)] == [1, 2]
+
+
+def test_a_checkpoint_that_cannot_be_read_is_named_in_one_line(world, random_tiny_clip, tmp_path, capsys):
+    run(tmp_path / "run", world, random_tiny_clip, "--k", "2", "--max-steps", "1")
+    whole = (tmp_path / "run" / "last.pt").read_bytes()
+    base = ["--reduced-world", "--data-root", world, "--clip", random_tiny_clip, "--workers", "0", "--k", "2"]
+    for damage in ("truncated", "random_bytes", "not_ours"):
+        path = tmp_path / damage / "last.pt"
+        path.parent.mkdir()
+        if damage == "truncated":  # a copy cut short
+            path.write_bytes(whole[:len(whole) // 2])
+        elif damage == "random_bytes":
+            path.write_bytes(os.urandom(len(whole)))
+        else:  # a whole torch file, but no run's
+            torch.save({"weights": torch.zeros(3)}, path)
+        code, err = user_error(capsys, "--resume", path, "--workers", "0")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        what = ("is not a checkpoint of train.py" if damage == "not_ours" else
+                "is truncated or corrupt (not a complete checkpoint); restore a whole copy, or start the run anew")
+        assert err.startswith(f"train.py: error: --resume: {path} {what}"), err
+        if damage != "not_ours":
+            code, err = user_error(capsys, *base, "--init-from", path, "--out", tmp_path / "o")
+            assert code == 2 and err == (f"train.py: error: --init-from {path} is truncated or corrupt (not a complete "
+                                         f"checkpoint)\n"), err
+    assert not os.path.exists(tmp_path / "o" / "last.pt")
+
+
+HOLDER = """import fcntl, os, socket, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+f.seek(0); f.truncate(); f.write(f"{os.getpid()} on {socket.gethostname()}\\n"); f.flush()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_held_out_folder_is_refused_in_one_line_until_its_holder_dies(world, random_tiny_clip, tmp_path, capsys):
+    """Another process holds --out's lock (as a run does, run_files.hold_folder): a run into it stops before touching
+    anything, naming that process; killed (-9), the holder leaves nothing locked."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "last.pt.tmp").write_bytes(b"what a run was writing")  # the holder's; only a holder may clear it
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        code, err = user_error(capsys, "--reduced-world", "--data-root", world, "--clip", random_tiny_clip, "--k", "2",
+                               "--workers", "0", "--max-steps", "1", "--out", out)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert err.startswith(f"train.py: error: --out {out} is in use by another run: process {holder.pid} on "
+                              f"{socket.gethostname()} ({sys.executable} -c import fcntl"), err
+        assert err.endswith("wait for it to end, or give another --out\n"), err
+        assert sorted(os.listdir(out)) == [".lock", "last.pt.tmp"]  # untouched
+    finally:
+        holder.kill()  # kill -9: the lock goes with the process
+        holder.wait()
+    run(out, world, random_tiny_clip, "--k", "2", "--max-steps", "1")
+    assert os.path.isfile(out / "last.pt") and not os.path.exists(out / "last.pt.tmp")
+
+
+def folder_state(out):
+    return {name: (os.stat(out / name).st_size, os.stat(out / name).st_mtime_ns) for name in os.listdir(out)}
+
+
+@pytest.mark.slow  # three real train.py processes
+def test_a_second_run_into_the_same_out_stops_and_the_first_goes_on(world, random_tiny_clip, tmp_path):
+    """The same command launched twice (a scheduler's retry): the second stops in one line naming the first, which
+    is frozen meanwhile (SIGSTOP) so that anything the second touched would show; the first then finishes whole."""
+    out = tmp_path / "out"
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--reduced-world", "--data-root", world, "--clip",
+               random_tiny_clip, "--workers", "0", "--k", "2", "--batch-size", "8", "--epochs", "2", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 300
+        while not (os.path.isfile(out / ".lock") and open(out / ".lock").read().startswith(f"{first.pid} on ")):
+            assert first.poll() is None and time.time() < deadline, first.communicate()
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGSTOP)
+        before = folder_state(out)
+        second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert folder_state(out) == before
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr
+    assert second.stderr.startswith(f"train.py: error: --out {out} is in use by another run: process {first.pid} on "
+                                    f"{socket.gethostname()} ({sys.executable} {command[1]} --reduced-world")
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    assert [r["epoch"] for r in log_lines(out)] == [1, 2] and "train.py: error" not in stderr
+    assert json.load(open(out / "metrics.json"))["history"] == log_lines(out)
+
+
+FULL_DISK = """import contextlib, errno, os, sys
+sys.path.insert(0, {root!r})
+import run_files, train
+real = run_files.atomic_write
+
+
+@contextlib.contextmanager
+def full(path, mode="wb", tmp=None, encoding=None):  # checkpoints meet a full disk
+    with real(path, mode, tmp=tmp, encoding=encoding) as f:
+        if path.endswith(".pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        yield f
+
+
+run_files.atomic_write = full
+if __name__ == "__main__":
+    sys.exit(train.cli())
+"""
+
+
+@pytest.mark.slow  # two processes
+def test_a_full_disk_stops_every_process_of_a_distributed_run(world, random_tiny_clip, tmp_path):
+    """Only the first process writes; the other, which would wait for it at the next step, stops with it."""
+    script = tmp_path / "full_disk_train.py"
+    script.write_text(FULL_DISK.format(root=ROOT))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", str(script), "--reduced-world", "--data-root", world, "--clip",
+               random_tiny_clip, "--workers", "0", "--k", "2", "--batch-size", "8", "--epochs", "2", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT))
+    line = (f"train.py: error: cannot write {out}/last.pt: No space left on device; no checkpoint was written yet: "
+            f"free space and start the run again")  # the first checkpoint: epoch 1 ends before any evaluation
+    # each process says it once (their lines may interleave on the shared stderr) and ends with status 1
+    assert result.returncode != 0 and result.stderr.count(line) == 2, result.stderr[-3000:]
+    assert result.stderr.count("exitcode  : 1 ") == 2, result.stderr[-3000:]
+    assert "Connection closed" not in result.stderr and not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+DECODES_FIRST = """import sys
+sys.path.insert(0, {root!r})
+import train, video_decoder
+if __name__ == "__main__":
+    video_decoder.decode_frames({video!r}, [0, 10], size=(64, 64))  # as a notebook that shows a frame first
+    sys.exit(train.cli({argv!r}))
+"""
+
+
+def test_workers_do_not_hang_when_the_parent_has_decoded_and_resized(world, random_tiny_clip, tmp_path):
+    """The training and evaluation loaders' workers, in a process that has decoded and resized a frame before: workers
+    forked from it hang forever in their first resize with PyAV 19 (a timeout here). data.loader starts them clean."""
+    paths = miniworld.dataset_paths("toy-hmdb", world, reduced=True)
+    video = os.path.join(paths["root"], data.read_list(paths["train"])[0][0])
+    argv = ["--reduced-world", "--data-root", world, "--clip", random_tiny_clip, "--workers", "1", "--k", "2",
+            "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / "out")]
+    script = tmp_path / "decodes_first.py"
+    script.write_text(DECODES_FIRST.format(root=ROOT, video=video, argv=argv))
+    try:
+        result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"DataLoader workers hung (PyAV {video_decoder.av.__version__}) after the parent decoded a frame")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(tmp_path / "out" / "metrics.json"))
+    assert metrics["history"] == [] and metrics["reports"][f"toy-hmdb {miniworld.eval_split()}"]["videos"] == \
+        len(miniworld.TOY_HMDB)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
