@@ -5,6 +5,8 @@ GlobalBatchSampler gives each process its fixed share of the same global micro-b
 a micro-batch across the run, so that what is drawn per micro-batch (mixup, cutmix) is the same however the batch
 is split, and after a resume. train.py uses these; the paper's method does not depend on them.
 """
+from typing import NamedTuple
+
 import torch
 from torch.utils.data import Sampler
 
@@ -13,24 +15,31 @@ class BatchPlanError(ValueError):
     """A batch that cannot be split as asked (reported as a user error)."""
 
 
-def plan_batches(cfg, rt, num_videos: int) -> tuple:
-    """(global batch, micro-batch, accumulation steps, optimizer steps per epoch). Each process takes batch/W videos
-    per step, in micro-batches with gradient accumulation. Without --micro-batch, the micro-batch is the largest
-    divisor of batch/W up to --max-micro-batch: for every paper setting on 1 to 16 processes that is the same 4."""
-    W, batch = rt.world_size, cfg.batch_size
+class BatchPlan(NamedTuple):
+    batch: int  # videos per optimizer step, over all processes
+    micro: int  # videos per process per forward pass
+    accumulation: int  # micro-batches per process per optimizer step
+    steps_per_epoch: int
+
+
+def plan_batches(batch: int, micro: int, max_micro: int, world_size: int, num_videos: int) -> BatchPlan:
+    """How each optimizer step's batch is cut: each of world_size processes takes batch/W videos per step, in
+    micro-batches with gradient accumulation. Without a micro-batch (None), it is the largest divisor of batch/W up to
+    max_micro: for every paper setting on 1 to 16 processes that is the same 4."""
+    W = world_size
     if num_videos < batch:  # a small K-shot set: one step per epoch with (nearly) every video rather than no step
         batch = num_videos - num_videos % W
     if batch < W:
         raise BatchPlanError(f"{num_videos} training videos are fewer than one per process ({W} processes)")
     if batch % W:
         raise BatchPlanError(f"--batch-size {batch} cannot be shared by {W} processes; pick a multiple of {W}")
-    share, micro = batch // W, cfg.micro_batch
+    share = batch // W
     if micro is None:
-        micro = max(m for m in range(1, min(cfg.max_micro_batch, share) + 1) if share % m == 0)
+        micro = max(m for m in range(1, min(max_micro, share) + 1) if share % m == 0)
     elif share % micro:
         raise BatchPlanError(f"--batch-size {batch} is not a multiple of --micro-batch {micro} x {W} processes; "
                              f"leave --micro-batch out to have it chosen")
-    return batch, micro, share // micro, num_videos // batch
+    return BatchPlan(batch, micro, share // micro, num_videos // batch)
 
 
 class GlobalBatchSampler(Sampler):

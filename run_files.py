@@ -179,6 +179,84 @@ def remove_stale_temporaries(out: str):
             os.remove(os.path.join(out, name))
 
 
+@dataclasses.dataclass
+class RunState:
+    """Where a run is, in every checkpoint: what an exact resume continues from."""
+    epoch: int = 0  # epochs finished
+    step: int = 0  # optimizer steps taken
+    step_in_epoch: int = 0
+    best: float = -1.0  # the best headline figure evaluated so far (evaluation.headline), that of best.pt
+    best_evaluation: dict = None  # its epoch, reports and summary
+    history: list = dataclasses.field(default_factory=list)  # one log line per finished epoch
+    # the current epoch's sums so far, over every process, so that a resumed epoch's log line covers all its steps
+    loss_sum: float = 0.0
+    micro_batches: int = 0
+    unreadable: int = 0
+    seconds: float = 0.0
+
+
+class Bookkeeping:
+    """The run's files in --out, kept so that nothing is lost: last.pt and best.pt (all an exact resume needs), the log
+    (rewritten after the checkpoint that holds its lines, so a kill in between loses no line and repeats none). Every
+    write goes through on_main: a full disk stops every process, in one line."""
+
+    def __init__(self, cfg, rt, net, optimizer, scheduler, scaler):
+        self.cfg, self.rt, self.net = cfg, rt, net
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.state = RunState()
+
+    def start(self, checkpoint: dict = None) -> RunState:
+        """A new run's state, or the interrupted run's restored from its checkpoint (weights, optimizer, schedule,
+        random generators); the log is rewritten from it."""
+        if checkpoint is not None:
+            self.state = RunState(**restore_checkpoint(checkpoint, self.net, self.optimizer, self.scheduler,
+                                                       self.scaler, source=self.cfg.resume))
+        on_main(self.rt, write_log, self.cfg.out, self.state.history)
+        return self.state
+
+    def save(self, name: str):
+        on_main(self.rt, save_checkpoint, os.path.join(self.cfg.out, name), self.net, self.optimizer, self.scheduler,
+                self.scaler, dataclasses.asdict(self.state), self.cfg)
+
+    def count_step(self, loss_sum: float, micro_batches: int, unreadable: int, seconds: float):
+        """An optimizer step taken: its sums (every process's) join the epoch's; last.pt every --save-every steps."""
+        sums = [loss_sum, micro_batches, unreadable]
+        if self.rt.distributed:
+            reduced = torch.tensor(sums, dtype=torch.float64, device=self.rt.device)
+            dist.all_reduce(reduced)
+            sums = reduced.tolist()
+        s = self.state
+        s.loss_sum, s.micro_batches = s.loss_sum + sums[0], s.micro_batches + sums[1]
+        s.unreadable += sums[2]
+        s.seconds += seconds
+        s.step, s.step_in_epoch = s.step + 1, s.step_in_epoch + 1
+        if self.cfg.save_every and s.step % self.cfg.save_every == 0:
+            self.save("last.pt")
+
+    def finish_epoch(self, epoch: int, lr: float) -> dict:
+        """The finished epoch's log line (its mean loss, lr, time, unreadable videos); the state moves to the next."""
+        s = self.state
+        record = dict(epoch=epoch + 1, step=s.step, loss=s.loss_sum / max(1, s.micro_batches), lr=lr,
+                      seconds=round(s.seconds, 1), unreadable_videos=int(s.unreadable))
+        s.epoch, s.step_in_epoch, s.loss_sum, s.micro_batches, s.unreadable, s.seconds = epoch + 1, 0, 0.0, 0, 0, 0.0
+        return record
+
+    def consider(self, evaluation: tuple, headline: float, epoch: int):
+        """best.pt, when this evaluation's headline figure is the best so far."""
+        if headline > self.state.best:
+            self.state.best = headline
+            self.state.best_evaluation = dict(epoch=epoch + 1, reports=evaluation[0], summary=evaluation[1])
+            self.save("best.pt")
+
+    def log(self, record: dict):
+        """The epoch's line into the history, printed, into last.pt, then into log.jsonl."""
+        self.state.history.append(record)
+        if self.rt.is_main:
+            print(json.dumps(record), flush=True)
+        self.save("last.pt")
+        on_main(self.rt, write_log, self.cfg.out, self.state.history)
+
+
 def save_checkpoint(path: str, net, optimizer, scheduler, scaler, state: dict, cfg):
     """last.pt / best.pt: all that an exact resume needs. The trainable weights (vifi.trainable_state_dict), the
     optimizer, schedule and loss scaler, the loop's state, every random generator and the run's configuration."""

@@ -36,7 +36,6 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -118,22 +117,26 @@ class Config:
     device: str = flag("", "cuda, cuda:1, cpu (default: cuda if available)")
 
 
-# The paper's defaults (Appendix B, Sec. 4) as the authors' configs and code train, per setting. A dataset's own
-# `defaults` (protocols.py, miniworld.World) change some of them; explicit flags always win. What we do differently
-# from the authors' code, and why: benchmarks/README.md, "Departures from the authors' code".
-PAPER_DEFAULTS = {
-    # ImageNet's pixel statistics: their pipeline normalises every run with them, vanilla CLIP's evaluation included.
-    # eval_every 1: after every epoch (their SAVE_FREQ), with the first epoch counted as epoch 0.
-    "common": dict(clip="ViT-B/16", image_lr_scale=1.0, warmup_epochs=5, augment="paper", mixup=0.8, cutmix=1.0,
-                   label_smoothing=0.1, num_clips=1, num_crops=1, eval_every=1, max_micro_batch=4,
-                   normalization="imagenet"),
+# The defaults, side by side: the paper's (Appendix B, the authors' configs and code; where we differ from their code:
+# benchmarks/README.md, "Departures from the authors' code") and the embedded world's changes to them (a tiny CLIP on a
+# CPU in minutes; each value measured on the world's validation split: benchmarks/README.md, "The world's defaults").
+# A flag given on the command line wins over both.
+PAPER = {
+    "common": dict(clip="ViT-B/16",  # every table's backbone
+                   image_lr_scale=1.0,  # one learning rate for both towers
+                   warmup_epochs=5,  # Appendix B, then their cosine to lr/100 (lr_multiplier)
+                   augment="paper",  # multi-scale crop, flip, colour jitter per frame, grayscale (data.train_plan)
+                   mixup=0.8, cutmix=1.0, label_smoothing=0.1,  # Appendix B
+                   num_clips=1, num_crops=1,  # one view, but for Table 4
+                   eval_every=1,  # after every epoch (their SAVE_FREQ), the first epoch counted as epoch 0
+                   max_micro_batch=4,  # their 4 videos per GPU
+                   normalization="imagenet"),  # their pipeline's pixel statistics, vanilla CLIP's included
     "zeroshot": dict(frames=32, epochs=10, batch_size=256, lr=8e-6, eval_every=0),  # the targets, once, at the end
     "base2novel": dict(frames=32, epochs=11, batch_size=64, lr=2e-6, eval_every=10),  # their SAVE_FREQ 10
     "fewshot": dict(frames=32, epochs=50, batch_size=64, lr=2e-6, eval_every=10),
-    "fully": dict(frames=16, epochs=30, batch_size=512, lr=22e-6, num_clips=4, num_crops=3),
+    "fully": dict(frames=16, epochs=30, batch_size=512, lr=22e-6, num_clips=4, num_crops=3),  # Table 4: 4 x 3 views
 }
-# Their fully supervised CLIP image-FT and text-FT configs train with a smaller batch and rate than ViFi-CLIP's.
-PAPER_BASELINES = {"fully": dict(batch_size=256, lr=8e-6)}
+PAPER_BASELINES = {"fully": dict(batch_size=256, lr=8e-6)}  # their fully supervised image-FT and text-FT configs
 PROMPT_DEFAULTS = {  # --train prompts: their few-shot (10 tokens x depth 12) and base-to-novel (16 x 9) configs;
     # zero-shot and fully supervised have no prompting config of theirs and take base-to-novel's shape at few-shot's lr
     "fewshot": dict(lr=8e-3, n_ctx_text=10, n_ctx_vision=10, depth_text=12, depth_vision=12),
@@ -141,10 +144,25 @@ PROMPT_DEFAULTS = {  # --train prompts: their few-shot (10 tokens x depth 12) an
     "zeroshot": dict(lr=8e-3, n_ctx_text=16, n_ctx_vision=16, depth_text=9, depth_vision=9),
     "fully": dict(lr=8e-3, n_ctx_text=16, n_ctx_vision=16, depth_text=9, depth_vision=9),
 }
+WORLD = {
+    "common": dict(clip=miniworld.TINY_CLIP_NAME,  # the tiny CLIP pretrained on the world's stills
+                   image_lr_scale=0.1,  # the text tower learns new words, the image tower only adapts
+                   warmup_epochs=1,  # 10 epochs, not 50
+                   mixup=0.0, cutmix=0.0, label_smoothing=0.0,  # 8-video batches of few classes
+                   augment="crop",  # a flip or a hue shift turns a class into another ("to the left", "red")
+                   eval_every=0,  # one evaluation, at the end: nothing is chosen on the test split
+                   max_micro_batch=8,  # tiny frames
+                   normalization="clip"),  # the statistics its CLIP was pretrained with
+    "zeroshot": dict(frames=8, epochs=2, batch_size=8, lr=3e-4, augment="none"),  # no crop: where an object ends
+    "base2novel": dict(frames=8, epochs=10, batch_size=8, lr=3e-4),  # and how big it grows are its classes' cues
+    "fewshot": dict(frames=8, epochs=10, batch_size=8, lr=3e-4, augment="none"),
+    "fully": dict(frames=8, epochs=3, batch_size=8, lr=3e-4, num_clips=2, num_crops=3),  # 3 epochs: the CPU budget
+    "prompts": dict(n_ctx_text=8, n_ctx_vision=8, depth_text=4, depth_vision=4, augment="none"),  # 4 layers
+}
 # The figure a run reports, as the authors report it: few-shot and base-to-novel the best of the evaluations during
 # training (their "Max accuracy"), zero-shot and fully supervised the final weights (multi-view for fully).
 REPORTED = {"fewshot": "best", "base2novel": "best", "zeroshot": "final", "fully": "final"}
-# A new dataset is one entry here: an object with splits(cfg) and defaults (protocols.py).
+# A dataset is an object with splits(cfg) -> (training Split, [evaluation Splits]) (protocols.py).
 DATASETS = dict(protocols.PAPER_DATASETS, miniworld=miniworld.WORLD)
 # Flags that cannot change what a resumed run computes, so they may differ from the interrupted run's.
 RESUME_MAY_CHANGE = {"workers", "device", "out", "resume", "save_every", "max_steps", "grad_checkpointing", "compile"}
@@ -153,16 +171,15 @@ ADDED_FLAGS = {"image_lr_scale": 1.0}
 
 
 def setting_defaults(cfg: Config) -> dict:
-    """The defaults of cfg's setting, dataset and training mode: the tables above, later ones winning (the paper's,
-    its baselines', the dataset's, the prompts')."""
-    own = DATASETS[cfg.dataset].defaults or {}
-    defaults = {**PAPER_DEFAULTS["common"], **PAPER_DEFAULTS[cfg.setting]}
+    """The defaults of cfg's setting, dataset and training mode: the tables above, later ones winning."""
+    world = WORLD if cfg.dataset == "miniworld" else {}
+    defaults = {**PAPER["common"], **PAPER[cfg.setting]}
     if cfg.train in ("image", "text"):
         defaults.update(PAPER_BASELINES.get(cfg.setting, {}))
-    defaults.update(own.get("common", {}))
-    defaults.update(own.get(cfg.setting, {}))
+    defaults.update(world.get("common", {}))
+    defaults.update(world.get(cfg.setting, {}))
     if cfg.train == "prompts":
-        defaults.update(PROMPT_DEFAULTS[cfg.setting], **own.get("prompts", {}))
+        defaults.update(PROMPT_DEFAULTS[cfg.setting], **world.get("prompts", {}))
         defaults.update(template="")  # vifi.py's choice: the learned text tokens stand where "a photo of a" stood
     else:  # vanilla CLIP is evaluated as the authors report it, with the bare class name
         vanilla = cfg.train == "none" and not cfg.init_from
@@ -180,22 +197,15 @@ def resolve_defaults(cfg: Config) -> Config:
     return cfg
 
 
-def positive_int(text: str) -> int:
-    if int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return int(text)
-
-
 def make_parser() -> argparse.ArgumentParser:
     """Every Config field is a flag. Defaults are SUPPRESSed so that we know which flags were given (--resume compares
     exactly those); --help lists each table default per setting."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
-    choices = dict(setting=list(PAPER_DEFAULTS)[1:], dataset=list(DATASETS), train=list(vifi.TRAIN_MODES),
+    choices = dict(setting=list(REPORTED), dataset=list(DATASETS), train=list(vifi.TRAIN_MODES),
                    fusion=list(vifi.FUSIONS), precision=["auto", "fp32", "bf16", "fp16"],
                    augment=list(data.AUGMENTATIONS), normalization=list(data.NORMS), split=[1, 2, 3])
-    tables = {"": PAPER_DEFAULTS, "image/text-FT ": PAPER_BASELINES, "world ": miniworld.WORLD.defaults,
-              "prompts ": PROMPT_DEFAULTS}
+    tables = {"": PAPER, "image/text-FT ": PAPER_BASELINES, "world ": WORLD, "prompts ": PROMPT_DEFAULTS}
     for f in dataclasses.fields(Config):
         shown = [f"{where}{setting} {table[setting][f.name]}" for where, table in tables.items()
                  for setting in table if f.name in table[setting]]
@@ -209,6 +219,12 @@ def make_parser() -> argparse.ArgumentParser:
             kind = positive_int if f.name == "k" else (typing.get_args(f.type) or [f.type])[0]
             parser.add_argument("--" + f.name.replace("_", "-"), type=kind, choices=choices.get(f.name), help=text)
     return parser
+
+
+def positive_int(text: str) -> int:
+    if int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return int(text)
 
 
 def parse_command_line(argv=None) -> tuple:
@@ -245,19 +261,11 @@ class Runtime:
 def setup_runtime(cfg: Config) -> Runtime:
     """Read torchrun's environment; nccl on GPUs, gloo on CPUs. A plain `python train.py` is one process."""
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    device = torch.device("cuda", local_rank) if device == torch.device("cuda") else device
-    cores = max(1, len(os.sched_getaffinity(0)) // world_size)
+    if device == torch.device("cuda"):
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        cfg.workers = max(1, min(10, cores - 1)) if cfg.workers is None else cfg.workers  # see README: data
-    else:
-        cfg.workers = 1 if cfg.workers is None else cfg.workers
-        if "OMP_NUM_THREADS" not in os.environ:
-            # The compute threads and the DataLoader workers share the CPU cores. Oversubscribed, PyTorch's OpenMP
-            # threads spin-wait on each other: measured on 2 cores, a training step went from 0.4 s to 5 s.
-            torch.set_num_threads(max(1, cores - cfg.workers))
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Runtime(rank, world_size, device, rank == 0, world_size > 1)
@@ -278,6 +286,8 @@ def build_splits(cfg: Config) -> tuple:
 
 
 def build_model(cfg: Config, class_names: list, rt: Runtime) -> vifi.ViFiCLIP:
+    """The ViFiCLIP of cfg. What only the weights can say is filled into cfg here, where they are read: the input size
+    (the CLIP's resolution) and, with --init-from, the pixel statistics they were trained with."""
     clip = clip_weights.load(cfg.clip)
     if cfg.input_size is None:
         cfg.input_size = clip.visual.input_resolution
@@ -331,40 +341,55 @@ def lr_multiplier(step: int, steps_per_epoch: int, epochs: int, warmup_epochs: f
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t / total))
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against soft targets [B, C] (mixup/cutmix and label smoothing); hard targets [B] also work.
-    The paper's loss (Sec. 4, Eq. 1) is the hard-target case: -log softmax(sim(v, t) / tau)[label]."""
-    if targets.dim() == 1:
-        return F.cross_entropy(logits, targets)
-    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Setup: everything that can fail on the user's input, before compute is spent
 
 
-def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
-    """(cfg, checkpoint to resume or None, training Split, evaluation Splits, model, batch plan or None). A failure
-    is a UserError whose one line names the flag or the file."""
+@dataclass
+class Run:
+    """What setup prepares: the run's configuration, its data, its model and how its batches are cut."""
+    cfg: Config
+    checkpoint: Optional[dict]  # the interrupted run's last.pt, for --resume
+    train_split: protocols.Split
+    evals: list  # the evaluation Splits
+    model: vifi.ViFiCLIP
+    plan: Optional[global_batches.BatchPlan]  # None: evaluation only
+
+
+def derived(cfg: Config, rt: Runtime, plan) -> dict:
+    """The values computed from the configuration and the machine, in one place: precision, DataLoader workers and
+    the micro-batch (plan_batches)."""
+    cores = max(1, len(os.sched_getaffinity(0)) // rt.world_size)
+    default_workers = max(1, min(10, cores - 1)) if rt.device.type == "cuda" else 1
+    auto = cfg.precision == "auto"  # the authors train and evaluate in fp16 (apex O1); a CPU stays exact
+    return dict(precision=mixed_precision.training_precision(rt.device) if auto else cfg.precision,
+                workers=default_workers if cfg.workers is None else cfg.workers,
+                micro_batch=plan.micro if plan else cfg.micro_batch or cfg.max_micro_batch)
+
+
+def setup(cfg: Config, rt: Runtime, given: set) -> Run:
+    """A failure is a UserError whose one line names the flag or the file."""
     try:
         checkpoint, cfg = (run_files.prepare_resume(cfg, given, RESUME_MAY_CHANGE, ADDED_FLAGS) if cfg.resume
                            else (None, cfg))
         run_files.hold_folder(cfg.out, rt)  # one run per --out: a second one stops here, touching nothing
         if cfg.precision == "fp16" and rt.device.type != "cuda":
             raise UserError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
-        if cfg.precision == "auto":  # the authors train and evaluate in fp16 (apex O1); a CPU stays exact
-            cfg.precision = mixed_precision.training_precision(rt.device)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         train_split, evals = build_splits(cfg)  # lists checked against the videos on disk, before any weights
         model = build_model(cfg, train_split.class_names, rt)
         plan = None if cfg.eval_only or cfg.train == "none" else global_batches.plan_batches(
-            cfg, rt, len(train_split.samples))
-        cfg.micro_batch = plan[1] if plan else cfg.micro_batch or cfg.max_micro_batch
+            cfg.batch_size, cfg.micro_batch, cfg.max_micro_batch, rt.world_size, len(train_split.samples))
+        cfg = dataclasses.replace(cfg, **derived(cfg, rt, plan))
     except INPUT_ERRORS as e:
         raise (e if isinstance(e, UserError) else UserError(str(e))) from e
-    return cfg, checkpoint, train_split, evals, model, plan
+    if rt.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # The compute threads and the DataLoader workers share the CPU cores. Oversubscribed, PyTorch's OpenMP
+        # threads spin-wait on each other: measured on 2 cores, a training step went from 0.4 s to 5 s.
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // rt.world_size - cfg.workers))
+    return Run(cfg, checkpoint, train_split, evals, model, plan)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -372,8 +397,8 @@ def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
 
 
 def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
-    cfg, checkpoint, train_split, evals, model, plan = setup(cfg, rt, set(given))
-    net = model  # the model itself; `model` may become its DDP / compiled wrapper
+    run = setup(cfg, rt, set(given))
+    cfg, net, plan, train_split = run.cfg, run.model, run.plan, run.train_split  # `model` may wrap net (DDP, compile)
     log(rt, f"{cfg.setting} on {cfg.dataset}: {len(train_split.samples)} training videos, "
             f"{len(train_split.class_names)} classes; trainable parameters "
             f"{sum(p.numel() for p in vifi.trainable_parameters(net)):,}"
@@ -382,123 +407,91 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
     run_files.on_main(rt, run_files.atomic_write_text, os.path.join(cfg.out, "config.json"),
                       json.dumps(dataclasses.asdict(cfg), indent=2))
     if plan is None:  # evaluation only
-        return evaluation.write_metrics(cfg, rt, *evaluation.final_evaluation(net, evals, cfg, rt), history=[],
+        return evaluation.write_metrics(cfg, rt, *evaluation.final_evaluation(net, run.evals, cfg, rt), history=[],
                                         reported="the weights as loaded")
 
-    batch, _, accumulation, steps_per_epoch = plan
-    total_steps = cfg.epochs * steps_per_epoch
-    groups = vifi.parameter_groups(net, cfg.lr, cfg.image_lr_scale)  # the world's image tower learns slower
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay,
+    optimizer = torch.optim.AdamW(vifi.parameter_groups(net, cfg.lr, cfg.image_lr_scale), lr=cfg.lr,
+                                  betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay,
                                   fused=rt.device.type == "cuda" or None)
-    accumulation_theirs, iterations = authors_iterations(batch, len(train_split.samples))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
-        s, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, accumulation_theirs, iterations))
+    theirs = authors_iterations(plan.batch, len(train_split.samples))  # the units their schedule counts in
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(
+        step, plan.steps_per_epoch, cfg.epochs, cfg.warmup_epochs, *theirs))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.precision == "fp16")
+    model = net
     if rt.distributed:
         model = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
-
-    def save(name: str):  # a write that fails (a full disk) stops every process, in one line (run_files.on_main)
-        run_files.on_main(rt, run_files.save_checkpoint, os.path.join(cfg.out, name), net, optimizer, scheduler,
-                          scaler, state, cfg)
-
-    # Where the run is, and the running sums of the epoch (loss, micro-batches, unreadable videos, seconds), so that a
-    # resumed epoch's log line covers all of its steps. It goes into every checkpoint.
-    state = dict(epoch=0, step_in_epoch=0, step=0, best=-1.0, best_evaluation=None, history=[],
-                 epoch_sums=[0.0, 0, 0, 0.0])
-    if checkpoint is not None:
-        state = run_files.restore_checkpoint(checkpoint, net, optimizer, scheduler, scaler, source=cfg.resume)
-        log(rt, f"resumed from {cfg.resume}: epoch {state['epoch']}, step {state['step']}")
-    # the log is the checkpoint's history (a line written after that checkpoint goes)
-    run_files.on_main(rt, run_files.write_log, cfg.out, state["history"])
+    book = run_files.Bookkeeping(cfg, rt, net, optimizer, scheduler, scaler)  # last.pt, best.pt, log.jsonl
+    state = book.start(run.checkpoint)
+    if run.checkpoint is not None:
+        log(rt, f"resumed from {cfg.resume}: epoch {state.epoch}, step {state.step}")
 
     dataset = train_split.dataset(cfg, train=True)
-    sampler = global_batches.GlobalBatchSampler(len(dataset), batch, cfg.micro_batch, rt, cfg.seed)
-    if batch < cfg.batch_size:  # a small K-shot set: one step per epoch with (nearly) every video, not no step
-        log(rt, f"note: {len(dataset)} training videos < batch {cfg.batch_size}; using batch {batch}")
-    log(rt, f"batch {batch} = {cfg.micro_batch} x {rt.world_size} processes x {accumulation} accumulation; "
-            f"{steps_per_epoch} steps/epoch, {total_steps} steps")
+    sampler = global_batches.GlobalBatchSampler(len(dataset), plan.batch, plan.micro, rt, cfg.seed)
+    if plan.batch < cfg.batch_size:  # a small K-shot set: one step per epoch with (nearly) every video, not no step
+        log(rt, f"note: {len(dataset)} training videos < batch {cfg.batch_size}; using batch {plan.batch}")
+    log(rt, f"batch {plan.batch} = {plan.micro} x {rt.world_size} processes x {plan.accumulation} accumulation; "
+            f"{plan.steps_per_epoch} steps/epoch, {cfg.epochs * plan.steps_per_epoch} steps")
     # built once: its workers (data.loader: never forked from this process) start once and serve every epoch
-    loader = data.loader(dataset, cfg.micro_batch, cfg.workers, sampler, pin_memory=rt.device.type == "cuda")
-    num_classes = len(train_split.class_names)
+    loader = data.loader(dataset, plan.micro, cfg.workers, sampler, pin_memory=rt.device.type == "cuda")
+    mixing = cfg.mixup > 0 or cfg.cutmix > 0 or cfg.label_smoothing > 0
     last_evaluation = None  # (reports, summary) of the current weights, if the last epoch evaluated them
-    for epoch in range(state["epoch"], cfg.epochs):
+    for epoch in range(state.epoch, cfg.epochs):
         last_evaluation = None
         dataset.set_epoch(epoch)  # seeds the augmentation: (seed, epoch, video index)
-        sampler.set_epoch(epoch, start_step=state["step_in_epoch"])
+        sampler.set_epoch(epoch, start_step=state.step_in_epoch)
         model.train()
-        step_start, step_sums = time.time(), [0.0, 0, 0]  # this step's loss sum, micro-batches, unreadable videos
+        loss_sum, micro_batches, unreadable, step_start = 0.0, 0, 0, time.time()  # this optimizer step's, so far
         # a bar on the first process, in a terminal (None: tqdm leaves it out where the output is not one, e.g. a log)
-        bar = tqdm(loader, f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stdout,
-                   disable=not rt.is_main or None)
-        for i, batch_data in enumerate(bar):
-            micro = i % accumulation
-            clips = batch_data["clips"].to(rt.device, non_blocking=True)  # [m, T, 3, H, W]
-            labels = targets = batch_data["label"].to(rt.device, non_blocking=True)  # [m]
-            if cfg.mixup > 0 or cfg.cutmix > 0 or cfg.label_smoothing > 0:
-                # seeded by the global micro-batch: the same mix on any number of processes, and after a resume
+        for i, batch in enumerate(tqdm(loader, f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stdout,
+                                       disable=not rt.is_main or None)):
+            micro = i % plan.accumulation
+            clips = batch["clips"].to(rt.device, non_blocking=True)  # [m, T, 3, H, W]
+            labels = targets = batch["label"].to(rt.device, non_blocking=True)  # [m]
+            if mixing:  # seeded by the global micro-batch: the same mix on any number of processes, and after a resume
                 generator = torch.Generator().manual_seed(
-                    cfg.seed * 1_000_003 + sampler.global_micro_index(state["step"], micro))
-                clips, targets = data.mixup_cutmix(clips, labels, num_classes, mixup_alpha=cfg.mixup,
-                                                   cutmix_alpha=cfg.cutmix, switch_prob=cfg.mixup_switch_prob,
-                                                   smoothing=cfg.label_smoothing, generator=generator)
-            last_micro = micro == accumulation - 1
+                    cfg.seed * 1_000_003 + sampler.global_micro_index(state.step, micro))
+                clips, targets = data.mixup_cutmix(clips, labels, len(train_split.class_names), cfg.mixup, cfg.cutmix,
+                                                   cfg.mixup_switch_prob, cfg.label_smoothing, generator=generator)
+            last_micro = micro == plan.accumulation - 1
             # DDP all-reduces the gradients on the last micro-batch of a step only
             with model.no_sync() if rt.distributed and not last_micro else contextlib.nullcontext():
                 with mixed_precision.autocast(rt.device, cfg.precision):
                     logits = model(clips)  # [m, C], or [m*T, C] for image-level fusion in training
-                loss = net.loss(logits, targets, soft_loss=soft_cross_entropy)  # Eq. 1 (with soft targets)
-                scaler.scale(loss / accumulation).backward()
-            step_sums = [step_sums[0] + loss.item(), step_sums[1] + 1, step_sums[2] + int((~batch_data["ok"]).sum())]
+                loss = net.loss(logits, targets)  # Eq. 1: cross-entropy of the cosine logits (soft targets: mixup)
+                scaler.scale(loss / plan.accumulation).backward()
+            loss_sum, micro_batches, unreadable = loss_sum + loss.item(), micro_batches + 1, \
+                unreadable + int((~batch["ok"]).sum())
             if not last_micro:
                 continue
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            if rt.distributed:  # the loss logged is every process's
-                reduced = torch.tensor(step_sums, dtype=torch.float64, device=rt.device)
-                dist.all_reduce(reduced)
-                step_sums = reduced.tolist()
-            sums = step_sums + [time.time() - step_start]
-            state["epoch_sums"] = [a + b for a, b in zip(state["epoch_sums"], sums)]
-            state["step"] += 1
-            state["step_in_epoch"] += 1
-            step_start, step_sums = time.time(), [0.0, 0, 0]
-            if cfg.save_every and state["step"] % cfg.save_every == 0:
-                save("last.pt")
-            if cfg.max_steps and state["step"] >= cfg.max_steps:
+            book.count_step(loss_sum, micro_batches, unreadable, time.time() - step_start)  # last.pt if --save-every
+            loss_sum, micro_batches, unreadable, step_start = 0.0, 0, 0, time.time()
+            if cfg.max_steps and state.step >= cfg.max_steps:
                 break
-        if state["step_in_epoch"] < steps_per_epoch:  # stopped by --max-steps mid-epoch: resumable from here
-            save("last.pt")
+        if state.step_in_epoch < plan.steps_per_epoch:  # stopped by --max-steps mid-epoch: resumable from here
+            book.save("last.pt")
             break
-        loss_sum, micro_batches, unreadable, seconds = state["epoch_sums"]
-        record = dict(epoch=epoch + 1, step=state["step"], loss=loss_sum / max(1, micro_batches),
-                      lr=scheduler.get_last_lr()[0], seconds=round(seconds, 1), unreadable_videos=int(unreadable))
-        state.update(epoch=epoch + 1, step_in_epoch=0, epoch_sums=[0.0, 0, 0, 0.0])
+        record = book.finish_epoch(epoch, lr=scheduler.get_last_lr()[0])
         if (cfg.eval_every and epoch % cfg.eval_every == 0) or epoch + 1 == cfg.epochs:  # as theirs: from the first
-            last_evaluation = evaluation.evaluate_splits(net, evals, cfg, rt)
+            last_evaluation = evaluation.evaluate_splits(net, run.evals, cfg, rt)
             record.update(summary=last_evaluation[1])
-            if evaluation.headline(last_evaluation[1]) > state["best"]:
-                state["best"] = evaluation.headline(last_evaluation[1])
-                state["best_evaluation"] = dict(epoch=epoch + 1, reports=last_evaluation[0], summary=last_evaluation[1])
-                save("best.pt")
+            book.consider(last_evaluation, evaluation.headline(last_evaluation[1]), epoch)  # best.pt if the best
             net.set_class_names(train_split.class_names)
-        state["history"].append(record)
-        log(rt, json.dumps(record))
-        save("last.pt")
-        # after the checkpoint that holds the line: a kill in between loses no line and repeats none
-        run_files.on_main(rt, run_files.write_log, cfg.out, state["history"])
-        if cfg.max_steps and state["step"] >= cfg.max_steps:
+        book.log(record)  # the history, last.pt, then log.jsonl
+        if cfg.max_steps and state.step >= cfg.max_steps:
             break
-    reports, summary = evaluation.final_evaluation(net, evals, cfg, rt, last_evaluation)
-    best = state.get("best_evaluation")
-    if REPORTED[cfg.setting] == "best" and best and best["epoch"] != state["epoch"]:  # their "Max accuracy"
-        final = dict(reports=reports, summary=summary)
-        return evaluation.write_metrics(cfg, rt, best["reports"], best["summary"], state["history"], final=final,
+    reports, summary = evaluation.final_evaluation(net, run.evals, cfg, rt, last_evaluation)
+    best = state.best_evaluation
+    if REPORTED[cfg.setting] == "best" and best and best["epoch"] != state.epoch:  # their "Max accuracy"
+        return evaluation.write_metrics(cfg, rt, best["reports"], best["summary"], state.history,
+                                        final=dict(reports=reports, summary=summary),
                                         reported=f"the best of the evaluations, after epoch {best['epoch']}")
-    return evaluation.write_metrics(cfg, rt, reports, summary, state["history"], reported="the final weights")
+    return evaluation.write_metrics(cfg, rt, reports, summary, state.history, reported="the final weights")
 
 
 def main(argv=None) -> dict:

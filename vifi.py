@@ -203,16 +203,14 @@ class ViFiCLIP(nn.Module):
         # log of the frames' mean probability, computed stably: softmax of this is mean_t softmax(frame_logits)
         return torch.logsumexp(frame_logits.float().log_softmax(dim=-1), dim=1) - math.log(T)  # [B, C]
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, soft_loss=None) -> torch.Tensor:
-        """Cross-entropy over the classes (Eq. 1, averaged over the batch). targets: [B] class ids, or [B, C]
-        probabilities (mixup / label smoothing; soft_loss(logits, targets), if given, computes that case). For
-        image-level fusion in training (logits [B*T, C]) every frame gets its video's target."""
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the classes (Sec. 4, Eq. 1), averaged over the batch: -log softmax(logits)[label].
+        targets: [B] class ids, or [B, C] probabilities (mixup, CutMix, label smoothing), which F.cross_entropy takes
+        as they are. For image-level fusion in training (logits [B*T, C]) every frame gets its video's target."""
         if logits.shape[0] != targets.shape[0]:
             if logits.shape[0] % targets.shape[0]:
                 raise ValueError(f"{logits.shape[0]} rows of logits for {targets.shape[0]} targets")
             targets = targets.repeat_interleave(logits.shape[0] // targets.shape[0], dim=0)
-        if targets.is_floating_point() and soft_loss is not None:
-            return soft_loss(logits, targets)
         return F.cross_entropy(logits.float(), targets)
 
     def extra_repr(self) -> str:

@@ -163,7 +163,6 @@ def test_soft_targets(clip):
         logits = model(x)
         expected = -(soft.repeat_interleave(3, 0) * logits.log_softmax(-1)).sum(-1).mean()
         torch.testing.assert_close(model.loss(logits, soft), expected)
-        assert model.loss(logits, soft, soft_loss=lambda lg, t: torch.tensor(7.0)) == 7.0
 
 
 def test_templates_are_ensembled(clip):
