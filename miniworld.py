@@ -945,37 +945,9 @@ TINY_CLIP_NAME = "miniworld-tiny"
 # ----------------------------------------------------------------------------------------------------------------------
 # The world as one of train.py's datasets
 class World:
-    """The embedded world as one of train.py's datasets (train.DATASETS["miniworld"]), with its own defaults:
+    """The embedded world as one of train.py's datasets (train.DATASETS["miniworld"]; its defaults: train.WORLD):
     toy-k400 plays Kinetics-400 (zero-shot source, fully supervised), toy-hmdb and toy-ucf play HMDB-51 and UCF-101
     (zero-shot targets; few-shot and base-to-novel on toy-hmdb, or on the first toy dataset named by --targets)."""
-
-    # 8 frames of a tiny CLIP on a CPU. Measured on the world's validation split (MINIWORLD_EVAL=val), toy-hmdb
-    # (benchmarks/README.md): 16 shots, lr 3e-4 gave 43.3% against 40.6% at 1e-4. The image tower learns at a tenth
-    # of that (image_lr_scale): the text tower has new words to learn (no caption says "spinning"), the image tower
-    # only needs to adapt, and at the full rate it overwrites its pretraining. At 0.1 instead of 1 (seeds 1, 2): 16
-    # shots 46.9 / 42.2 against 42.5 / 41.4; 2 shots 22.8 / 23.1 against 15.6 / 17.8 (vanilla CLIP: 15.0); zero-shot
-    # from toy-k400 (seed 1) 43.3 / 56.9 against 39.7 / 51.7; base-to-novel (seed 1) novel 33.9 against 30.6. Batch 8
-    # gives the small datasets enough steps. Zero-shot: 2 epochs of toy-k400, set by the CPU budget. No mixup, and
-    # crop-only augmentation: a flip turns "moving to the left" into "moving to the right", a hue shift turns "red"
-    # into "orange". Few-shot and zero-shot train without the crop as well (augment "none": only the frames' positions
-    # in their segments vary): the crop moves an object by up to a sixth of the frame and enlarges it up to 1.5x, the
-    # cues the classes are named for ("to the left edge", "until huge"). Without it (seeds 1, 2): 16 shots 50.0 / 47.8
-    # against 46.9 / 42.2, 2 shots 26.1 / 24.4 against 22.8 / 23.1; zero-shot from toy-k400, toy-hmdb 52.8 / 50.8
-    # against 43.3 / 40.0 (toy-ucf 56.1 / 55.3 against 56.9 / 56.1). Base-to-novel keeps it: without, novel fell from
-    # 33.9 / 32.8 to 26.1 / 27.8 (benchmarks/README.md, the world's defaults). Prompt learning, in every setting,
-    # trains without it: on the bridged model, base-to-novel HM 63.9 / 59.2 against 50.0 / 47.3 with it. Without the
-    # crop, the full image rate again (seeds 1-3): K = 2 / 4 / 8 / 16 22.7 / 33.1 / 40.1 / 50.7 against 24.1 / 35.1 /
-    # 40.4 / 49.5 at 0.1; 0.1 stays for every K. A slower text tower at the same image rate (lr 1e-4, image_lr_scale
-    # 0.3): 27.0 / 35.1 / 39.4 / 47.7, the same mean (37.3) with K = 16 lower: not taken. The few-shot and base-to-novel
-    # runs evaluate once, at the end. The tiny CLIP has 4 layers: prompts at all of them.
-    defaults = dict(
-        common=dict(clip=TINY_CLIP_NAME, image_lr_scale=0.1, warmup_epochs=1, mixup=0.0, cutmix=0.0,
-                    label_smoothing=0.0, augment="crop", eval_every=0, max_micro_batch=8, normalization="clip"),
-        zeroshot=dict(frames=8, epochs=2, batch_size=8, lr=3e-4, augment="none"),
-        base2novel=dict(frames=8, epochs=10, batch_size=8, lr=3e-4),
-        fewshot=dict(frames=8, epochs=10, batch_size=8, lr=3e-4, augment="none"),
-        fully=dict(frames=8, epochs=3, batch_size=8, lr=3e-4, num_clips=2, num_crops=3),
-        prompts=dict(n_ctx_text=8, n_ctx_vision=8, depth_text=4, depth_vision=4, augment="none"))
 
     def splits(self, cfg) -> tuple:
         """Evaluated on each dataset's test split; $MINIWORLD_EVAL=val evaluates on the validation split instead

@@ -1,10 +1,9 @@
 """Which videos each of the paper's settings trains and evaluates on, per dataset (paper Sec. 3, Appendix D).
 
-A dataset is an object with `splits(cfg) -> (training Split, [evaluation Splits])` and `defaults` (the values it
-changes in train.py's table of defaults, per setting). train.DATASETS holds one entry per dataset: the authors'
-datasets (their list files, shipped in splits/), a custom one (your own list files), and the embedded world
-(miniworld.WORLD). Every list is checked against its folder as it is read (video_index.preflight), so a run with
-missing videos stops here, before any weights are loaded.
+A dataset is an object with `splits(cfg) -> (training Split, [evaluation Splits])`. train.DATASETS holds one entry per
+dataset: the authors' datasets (their list files, shipped in splits/), a custom one (your own list files), and the
+embedded world (miniworld.WORLD). Every list is checked against its folder as it is read (video_index.preflight), so
+a run with missing videos stops here, before any weights are loaded.
 """
 import os
 from dataclasses import dataclass
@@ -88,7 +87,6 @@ class AuthorsDataset:
     fewshot: str = ""
     train: str = ""
     targets: str = ""  # zero-shot: the default target datasets when this one is the source
-    defaults: dict = None
 
     def splits(self, cfg) -> tuple:
         check_root(cfg.data_root, "--data-root", cfg.dataset)
@@ -124,7 +122,6 @@ class AuthorsDataset:
 
 class Kinetics600:
     """Kinetics-600 is a zero-shot target only: three splits of the 160 classes each that Kinetics-400 lacks."""
-    defaults = None
 
     def splits(self, cfg):
         raise ValueError("Kinetics-600 is a zero-shot target only: use --setting zeroshot --dataset k400 "
@@ -137,7 +134,6 @@ class Kinetics600:
 
 class CustomDataset:
     """Your own videos: --data-root, --train-list, --val-list and --labels (the authors' file formats)."""
-    defaults = None
 
     def splits(self, cfg) -> tuple:
         check_root(cfg.data_root, "--data-root", "a custom dataset")

@@ -638,7 +638,7 @@ def test_defaults_follow_the_paper_per_setting():
     assert train.parse_args([]).clip == miniworld.TINY_CLIP_NAME
     assert cfg.image_lr_scale == 1 and train.parse_args([]).image_lr_scale == 0.1  # the paper: one rate; the world: two
     # the paper's multi-scale crop; the world: the crop alone, and none for few-shot and zero-shot (their classes are
-    # where an object ends and how big it grows, which a crop moves and scales: miniworld.World.defaults)
+    # where an object ends and how big it grows, which a crop moves and scales: train.WORLD)
     assert cfg.augment == "paper"
     assert [train.parse_args(["--setting", s]).augment for s in ("fewshot", "base2novel", "zeroshot", "fully")] == \
         ["none", "crop", "none", "crop"]
