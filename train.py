@@ -1,23 +1,12 @@
-"""Train and evaluate ViFi-CLIP in the paper's four settings, on one process or many (torchrun).
+"""Train and evaluate ViFi-CLIP in the paper's four settings (Sec. 3), on one process or many (torchrun).
 
     python train.py --setting fewshot --k 16                         # the embedded world, one process, CPU is fine
-    torchrun --nproc_per_node=8 train.py --setting fewshot --k 16 \\
-        --dataset hmdb51 --data-root /data/hmdb51                    # the paper's Table 3 protocol on 8 GPUs
+    torchrun --nproc_per_node=8 train.py --setting fewshot --k 16 --dataset hmdb51 --data-root /data/hmdb51
 
-Settings (paper Sec. 3, Appendix D; protocols.py says which lists each one reads):
-  zeroshot    train on the source dataset (Kinetics-400), evaluate on target datasets whose classes are unseen; the
-              mean and spread over three splits per target (Table 1)
-  base2novel  train on K shots of the base classes (the most frequent half), evaluate base and novel classes and
-              their harmonic mean (Table 2)
-  fewshot     train on K videos per class, evaluate on the first validation split (Table 3)
-  fully       train on every training video, evaluate with 4 temporal x 3 spatial views at the end (Table 4)
-
-What is trained (--train, vifi.py): both towers (ViFi-CLIP), image (CLIP image-FT), text (CLIP text-FT), prompts
-(bridge and prompt, Sec. 5, usually with --init-from a bridged model), none (vanilla CLIP, evaluation only).
-
---out receives config.json, log.jsonl (a line per epoch), metrics.json, last.pt and best.pt; --resume continues a
-run exactly; a run holds its --out while it runs, and a full disk or a checkpoint that cannot be read is said in one
-line (run_files.py).
+zeroshot (Table 1), base2novel (Table 2), fewshot (Table 3), fully (Table 4, multi-view): plumbing/protocols.py says
+which lists each reads. --train both (ViFi-CLIP), image / text (CLIP image-FT / text-FT), prompts (bridge and prompt,
+Sec. 5, with --init-from a bridged model), none (vanilla CLIP). --out receives config.json, log.jsonl, metrics.json,
+last.pt and best.pt; --resume continues a run exactly (plumbing/run_files.py).
 """
 import argparse
 import contextlib
@@ -513,12 +502,9 @@ def cli(argv=None) -> int:
     file that cannot be written (a full disk) or a --out that another run holds, with status 1 and one line."""
     try:
         main(argv)
-    except (UserError, data.DatasetError) as e:
+    except (UserError, data.DatasetError, run_files.RunFileError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-    except run_files.RunFileError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(e, run_files.RunFileError) else 2
     return 0
 
 
