@@ -303,7 +303,6 @@ def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
     try:
         checkpoint, cfg = (run_files.prepare_resume(cfg, given, RESUME_MAY_CHANGE, ADDED_FLAGS) if cfg.resume
                            else (None, cfg))
-        run_files.hold_folder(cfg.out, rt)  # one run per --out: a second one stops here, touching nothing
         if cfg.precision == "fp16" and rt.device.type != "cuda":
             raise UserError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
         if cfg.precision == "auto":  # training stays fp32; evaluating alone runs in what this device does fastest
@@ -328,6 +327,7 @@ def setup(cfg: Config, rt: Runtime, given: set) -> tuple:
 
 def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
     cfg, checkpoint, train_split, evals, model, plan = setup(cfg, rt, set(given))
+    run_files.hold_folder(cfg.out, rt)  # one run per --out: a second one stops here, before it writes anything
     net = model  # the model itself; `model` may become its DDP / compiled wrapper
     log(rt, f"{cfg.setting} on {cfg.dataset}: {len(train_split.samples)} training videos, "
             f"{len(train_split.class_names)} classes; trainable parameters "
