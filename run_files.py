@@ -144,10 +144,11 @@ def _lock(out: str):
     except OSError as e:  # a filesystem without locks (ENOLCK, EOPNOTSUPP): run, and say what is not guarded
         print(f"note: --out {out} cannot be locked ({e.strerror}); a second run into it would not be stopped",
               flush=True)
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()} on {socket.gethostname()}\n")
-    f.flush()
+    with contextlib.suppress(OSError):  # who holds it, for a second run's message (a full disk: held all the same)
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
     _held[os.path.realpath(out)] = f
     remove_stale_temporaries(out)
 

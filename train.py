@@ -361,7 +361,6 @@ def setup(cfg: Config, rt: Runtime, given: set) -> Run:
     try:
         checkpoint, cfg = (run_files.prepare_resume(cfg, given, RESUME_MAY_CHANGE, ADDED_FLAGS) if cfg.resume
                            else (None, cfg))
-        run_files.hold_folder(cfg.out, rt)  # one run per --out: a second one stops here, touching nothing
         if cfg.precision == "fp16" and rt.device.type != "cuda":
             raise UserError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
         torch.manual_seed(cfg.seed)
@@ -388,6 +387,7 @@ def setup(cfg: Config, rt: Runtime, given: set) -> Run:
 def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
     run = setup(cfg, rt, set(given))
     cfg, net, plan, train_split = run.cfg, run.model, run.plan, run.train_split  # `model` may wrap net (DDP, compile)
+    run_files.hold_folder(cfg.out, rt)  # one run per --out: a second one stops here, before it writes anything
     log(rt, f"{cfg.setting} on {cfg.dataset}: {len(train_split.samples)} training videos, "
             f"{len(train_split.class_names)} classes; trainable parameters "
             f"{sum(p.numel() for p in vifi.trainable_parameters(net)):,}"

@@ -451,12 +451,15 @@ def test_workers_do_not_hang_when_the_parent_has_decoded_and_resized(world, rand
             "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / "out")]
     script = tmp_path / "decodes_first.py"
     script.write_text(DECODES_FIRST.format(root=ROOT, video=video, argv=argv))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
     try:
-        result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        _, stderr = process.communicate(timeout=300)
     except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the run and its hung workers
+        process.communicate()
         pytest.fail(f"DataLoader workers hung (PyAV {video_decoder.av.__version__}) after the parent decoded a frame")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert process.returncode == 0, stderr[-3000:]
     metrics = json.load(open(tmp_path / "out" / "metrics.json"))
     assert metrics["history"] == [] and metrics["reports"][f"toy-hmdb {miniworld.eval_split()}"]["videos"] == \
         len(miniworld.TOY_HMDB)
