@@ -62,8 +62,7 @@ class Config:
     clip: Optional[str] = flag(None, "CLIP weights: a name or a file (clip_weights.load)")
     train: str = flag("both", "what is trained: both (ViFi-CLIP) | image | text | prompts | none")
     fusion: str = flag("embedding", "embedding (ViFi-CLIP) | decision | image (Table 5)")
-    template: Optional[str] = flag(None, "class prompt, {} is the class name (the bare '{}' for vanilla CLIP; "
-                                         "'{}.' behind learned text prompts)")
+    template: Optional[str] = flag(None, "class prompt, {} is the class name ('{}' for vanilla CLIP, as the authors)")
     n_ctx_text: Optional[int] = flag(None, "prompt learning: learnable text tokens")
     n_ctx_vision: Optional[int] = flag(None, "prompt learning: learnable vision tokens")
     depth_text: Optional[int] = flag(None, "prompt learning: text layers with prompts")
@@ -72,8 +71,7 @@ class Config:
     frames: Optional[int] = flag(None, "frames sampled per video (T)")
     epochs: Optional[int] = flag(None, "training epochs")
     batch_size: Optional[int] = flag(None, "effective batch, the same on any number of processes")
-    micro_batch: Optional[int] = flag(None, "videos per process per forward pass (default: the largest divisor of "
-                                            "each process's share of the batch up to --max-micro-batch)")
+    micro_batch: Optional[int] = flag(None, "videos per process per forward pass (default: chosen, plan_batches)")
     max_micro_batch: Optional[int] = flag(None, "the largest micro-batch the device's memory allows")
     lr: Optional[float] = flag(None, "peak learning rate (AdamW, cosine schedule)")
     image_lr_scale: Optional[float] = flag(None, "the image tower's learning rate as a fraction of --lr")
@@ -85,18 +83,15 @@ class Config:
     label_smoothing: Optional[float] = flag(None, "label smoothing")
     num_clips: Optional[int] = flag(None, "final evaluation: temporal clips per video")
     num_crops: Optional[int] = flag(None, "final evaluation: spatial crops per clip (1 or 3)")
-    eval_every: Optional[int] = flag(None, "evaluate after the first epoch and every N epochs after it, and after "
-                                            "the last (0: after the last only)")
+    eval_every: Optional[int] = flag(None, "evaluate after epochs 1, 1 + N, ... and the last (0: the last only)")
     eval_only: bool = flag(False, "evaluate --init-from (or the base model) without training")
-    precision: str = flag("auto", "auto | fp32 | bf16 | fp16 (autocast; weights stay fp32; fp16 needs CUDA and "
-                                  "scales the loss); auto: bf16 on a CUDA GPU that has it, else fp16; fp32 on a CPU")
-    grad_checkpointing: bool = flag(False, "activation checkpointing in both towers (less memory, ~20%% slower)")
+    precision: str = flag("auto", "auto (CUDA: bf16, else fp16 with loss scaling; CPU: fp32) | fp32 | bf16 | fp16")
+    grad_checkpointing: bool = flag(False, "activation checkpointing in both towers (less memory, more time)")
     compile: bool = flag(False, "torch.compile the model")
     workers: Optional[int] = flag(None, "DataLoader workers per process (default: 1 on CPU, up to 10 on a GPU)")
     input_size: Optional[int] = flag(None, "frame size fed to the image tower (default: the model's resolution)")
     augment: Optional[str] = flag(None, "paper (crop, flip, colour) | crop | none (centre crop)")
-    normalization: Optional[str] = flag(None, "clip | imagenet pixel statistics (default: what --init-from was "
-                                              "trained with, else the setting's)")
+    normalization: Optional[str] = flag(None, "clip | imagenet pixel statistics (default: --init-from's, else below)")
     seed: int = flag(1024, "random seed (weights, sampling, augmentation)")
     out: str = flag("out", "output folder")
     resume: str = flag("", "continue the run of --out (or of the last.pt given) exactly where it stopped")
