@@ -15,8 +15,9 @@ import os
 import sys
 
 import data
+from data import DatasetError
 from video_decoder import DECODE_ERRORS, VideoReader
-from video_index import DatasetError, locate
+from video_index import locate
 
 
 def check_one(path: str, num_frames: int = 8):

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from video_decoder import DECODE_ERRORS, VideoReader
-from video_index import DatasetError
 
 log = logging.getLogger("data")
 
@@ -46,6 +45,11 @@ NORMS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD
 SCALES = (1, 0.875, 0.75, 0.66)  # multi-scale crop (TSN), as in the authors' training pipeline
 JITTER = dict(p=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)  # authors' ColorJitter settings
 GRAYSCALE_P = 0.2
+
+
+class DatasetError(ValueError):
+    """A list or labels file is malformed (the message starts with "file:line:"), or the videos of a list are not
+    under its root (video_index.preflight, video_index.resolve)."""
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import data
 import mixed_precision
 import paper_figures
 import run_files
-from video_index import DatasetError
+from data import DatasetError
 
 
 @torch.no_grad()
