@@ -22,7 +22,6 @@ import clip_weights
 import data
 import hf_export
 import miniworld
-import prompts
 import run_files
 import train
 import vifi
@@ -281,9 +280,9 @@ def test_a_prompt_learned_model_exports_its_prompts_beside_the_bridged_clip(tmp_
     theirs, _ = transformers_logits(folder, frames, NAMES, ["{}."])
     assert (theirs - our_logits(plain, our_pixels(frames, "clip"))).abs().max() <= 1e-5
     assert (theirs - our_logits(model, our_pixels(frames, "clip"))).abs().max() > 1e-2  # the prompts matter
-    # a prompt checkpoint (prompts.save_prompts) through the command line: on the bridged model it references
+    # a prompt checkpoint (vifi_weights.save_prompts) through the command line: on the bridged model it references
     torch.save(bridged.state_dict(), tmp_path / "bridged.pt")
-    prompts.save_prompts(str(tmp_path / "prompts.pt"), model.prompts, str(tmp_path / "bridged.pt"))
+    vifi_weights.save_prompts(str(tmp_path / "prompts.pt"), model.prompts, str(tmp_path / "bridged.pt"))
     assert hf_export.cli([str(tmp_path / "prompts.pt"), str(tmp_path / "cli"), "--classes", ",".join(NAMES)]) == 0
     assert "prompts in prompts.safetensors, which transformers alone does not run" in capsys.readouterr().out
     back = vifi_weights.load_model(str(tmp_path / "cli")).model

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 import clip_model
 import clip_weights
 import mixed_precision
-import prompts
 import vifi
 import vifi_weights
 from tokenizer import tokenize
@@ -561,7 +560,7 @@ def test_prompt_checkpoint_round_trip_on_its_bridged_model(tmp_path):
     base_path = tmp_path / "bridged.pt"
     torch.save(bridged.state_dict(), base_path)
     model = randomize_prompts(build(bridged, train_mode="prompts", **DEEP))
-    prompts.save_prompts(str(tmp_path / "prompts.pt"), model.prompts, str(base_path))
+    vifi_weights.save_prompts(str(tmp_path / "prompts.pt"), model.prompts, str(base_path))
     loaded = vifi_weights.load_prompted(str(tmp_path / "prompts.pt"), NAMES)
     assert loaded.train_mode == "none" and loaded.templates == ("{}.",)
     with torch.no_grad():
