@@ -58,10 +58,10 @@ from torch import nn
 
 import clip_model
 import data
-import mixed_precision
 import prompts as prompts_module
 from clip_model import CLIP
 from tokenizer import tokenize
+from plumbing import mixed_precision
 
 TRAIN_MODES = ("both", "image", "text", "prompts", "none")
 FUSIONS = ("embedding", "decision", "image")

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import clip_model
-import clip_weights
 import prompts
-import vifi_weights
 from tokenizer import tokenize
+from plumbing import clip_weights, vifi_weights
 
 # Four layers per tower, so that a depth of 2 leaves prompted and unprompted layers on both sides.
 SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=4, vision_width=64, vision_patch_size=8,

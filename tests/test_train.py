@@ -19,15 +19,11 @@ import pytest
 import torch
 
 import clip_model
-import clip_weights
 import data
-import miniworld
-import mixed_precision
-import run_files
-import tiny_clip
 import train
-import video_decoder
 import vifi
+from plumbing import clip_weights, mixed_precision, run_files, video_decoder
+from world import miniworld, tiny_clip
 from conftest import assert_same_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -396,7 +392,8 @@ def test_a_second_run_into_the_same_out_stops_and_the_first_goes_on(world, rando
 
 FULL_DISK = """import contextlib, errno, os, sys
 sys.path.insert(0, {root!r})
-import run_files, train
+import train
+from plumbing import run_files
 real = run_files.atomic_write
 
 
@@ -435,7 +432,8 @@ def test_a_full_disk_stops_every_process_of_a_distributed_run(world, random_tiny
 
 DECODES_FIRST = """import sys
 sys.path.insert(0, {root!r})
-import train, video_decoder
+import train
+from plumbing import video_decoder
 if __name__ == "__main__":
     video_decoder.decode_frames({video!r}, [0, 10], size=(64, 64))  # as a notebook that shows a frame first
     sys.exit(train.cli({argv!r}))
@@ -543,8 +541,8 @@ def test_unreadable_videos_never_stop_training_and_count_as_wrong(world, random_
     picked = data.kshot_split(train_list, 2, seed=1)  # --split 1 seeds the K-shot draw
     assert metrics["history"][0]["unreadable_videos"] == sum(path == "broken.mp4" for path, _ in picked)
     # 1 of 6 is more than the 1% a run tolerates in silence: said at the end and in metrics.json
-    assert metrics["warnings"] == ["val: 1 of 6 videos unreadable, counted as wrong; check them with python "
-                                   "check_dataset.py"]
+    assert metrics["warnings"] == ["val: 1 of 6 videos unreadable, counted as wrong; check them with python -m "
+                                   "tools.check_dataset"]
     assert "WARNING: val: 1 of 6 videos unreadable" in capsys.readouterr().err
     assert json.load(open(tmp_path / "out" / "metrics.json"))["warnings"] == metrics["warnings"]
 

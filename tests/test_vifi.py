@@ -17,11 +17,9 @@ import torch
 import torch.nn.functional as F
 
 import clip_model
-import clip_weights
-import mixed_precision
 import vifi
-import vifi_weights
 from tokenizer import tokenize
+from plumbing import clip_weights, mixed_precision, vifi_weights
 
 SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=3, vision_width=64, vision_patch_size=8,
              context_length=77, vocab_size=49408, transformer_width=48, transformer_heads=1, transformer_layers=3)
@@ -615,7 +613,7 @@ def test_readme_example_gives_the_authors_weights_their_pixel_statistics(tmp_pat
     """README, "Your own video", as written but on the tiny CLIP: the authors' weights were trained on
     ImageNet-normalised frames, so after load_weights classify must normalise with ImageNet's statistics."""
     import data
-    import miniworld
+    from world import miniworld
     trained = vifi.ViFiCLIP(clip_weights.load(miniworld.TINY_CLIP_NAME), ["dancing", "swimming"], train_mode="none")
     save_authors_checkpoint(tmp_path / "vifi_clip_k400.pth", trained, fake_yacs)
     write_video(tmp_path / "my_video.mp4")

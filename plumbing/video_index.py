@@ -9,8 +9,8 @@ import json
 import logging
 import os
 
-from atomic_files import atomic_write
 from data import DatasetError
+from plumbing.atomic_files import atomic_write
 
 log = logging.getLogger("data")
 

@@ -46,12 +46,12 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 
 import clip_model
-import clip_weights
 import data
 import prompts as prompts_module
-from atomic_files import atomic_write
 from clip_model import CLIP, shorten
 from vifi import NORMALIZATIONS, ViFiCLIP
+from plumbing import clip_weights
+from plumbing.atomic_files import atomic_write
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Reading checkpoints that pickle more than tensors, safely
