@@ -43,8 +43,9 @@ BASE_TO_NOVEL = dict(n_ctx_text=16, depth_text=9, n_ctx_vision=16, depth_vision=
 class PromptLearner(nn.Module):
     """The learnable prompt tokens of both towers, one [n_ctx, width] tensor per prompted layer.
 
-    text[i] / vision[i] are layer i's tokens (i = 0 .. depth-1); the authors' names for them are in vifi.py's
-    mapping table. `template` is the class-prompt text the tokens sit in front of ("{}." normally)."""
+    text[i] / vision[i] are layer i's tokens (i = 0 .. depth-1); the authors' names for them are in
+    plumbing/vifi_weights.py's mapping table. `template` is the class-prompt text the tokens sit in front of ("{}."
+    normally)."""
 
     def __init__(self, clip: clip_model.CLIP, n_ctx_text: int = 10, depth_text: int = 12, n_ctx_vision: int = 10,
                  depth_vision: int = 12, ctx_init: Optional[str] = "a photo of a"):

@@ -175,7 +175,7 @@ def release_folders():
 def remove_stale_temporaries(out: str):
     """The temporary files a killed run was writing (a run writes its own anew): <path>.tmp of the files above."""
     for name in os.listdir(out):
-        if re.fullmatch(r"(last|best)\.pt\.tmp\d*|(log\.jsonl|config\.json|metrics\.json)\.tmp", name):
+        if re.fullmatch(r"(last\.pt|best\.pt|log\.jsonl|config\.json|metrics\.json)\.tmp", name):
             os.remove(os.path.join(out, name))
 
 

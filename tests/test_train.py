@@ -356,6 +356,23 @@ def test_a_held_out_folder_is_refused_in_one_line_until_its_holder_dies(world, r
     assert os.path.isfile(out / "last.pt") and not os.path.exists(out / "last.pt.tmp")
 
 
+def test_stale_temporaries_are_exactly_the_names_run_files_writes(tmp_path, monkeypatch):
+    """remove_stale_temporaries removes what a kill while atomic_save / atomic_write_text write leaves (<file>.tmp of
+    the run's five files), and nothing else of --out."""
+    monkeypatch.setattr(run_files, "atomic_write", lambda path, mode, tmp: open(tmp, mode))  # killed before renaming
+    for name in ("last.pt", "best.pt"):
+        run_files.atomic_save({}, str(tmp_path / name))
+    for name in ("log.jsonl", "config.json", "metrics.json"):
+        run_files.atomic_write_text(str(tmp_path / name), "")
+    assert sorted(os.listdir(tmp_path)) == ["best.pt.tmp", "config.json.tmp", "last.pt.tmp", "log.jsonl.tmp",
+                                            "metrics.json.tmp"]
+    others = [".lock", "last.pt", "last.pt.123.tmp", "last.pt.tmp1", "mine.tmp"]  # names no run writes
+    for name in others:
+        (tmp_path / name).write_text("")
+    run_files.remove_stale_temporaries(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == others
+
+
 def folder_state(out):
     return {name: (os.stat(out / name).st_size, os.stat(out / name).st_mtime_ns) for name in os.listdir(out)}
 
