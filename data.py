@@ -20,8 +20,9 @@ and stays in the denominator.
 Determinism: evaluation views depend only on the video; training randomness (frame positions, crop, flip, colour)
 comes from a generator seeded by (seed, epoch, index), so a resumed run reproduces it.
 
-Beside this file: video_decoder.py (decodes only the frames a clip needs), video_index.py (finds listed videos in a
-dataset folder as downloaded) and check_dataset.py (`python check_dataset.py ROOT LIST LABELS`: every video readable?).
+Beside this file: plumbing/video_decoder.py (decodes only the frames a clip needs), plumbing/video_index.py (finds
+listed videos in a dataset folder as downloaded) and tools/check_dataset.py (`python -m tools.check_dataset ROOT LIST
+LABELS`: every video readable?).
 """
 import csv
 import logging
@@ -32,8 +33,7 @@ import os
 import numpy as np
 import torch
 
-from video_decoder import DECODE_ERRORS, VideoReader
-from video_index import DatasetError
+from plumbing.video_decoder import DECODE_ERRORS, VideoReader
 
 log = logging.getLogger("data")
 
@@ -46,6 +46,11 @@ NORMS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD
 SCALES = (1, 0.875, 0.75, 0.66)  # multi-scale crop (TSN), as in the authors' training pipeline
 JITTER = dict(p=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)  # authors' ColorJitter settings
 GRAYSCALE_P = 0.2
+
+
+class DatasetError(ValueError):
+    """A list or labels file is malformed (the message starts with "file:line:"), or the videos of a list are not
+    under its root (video_index.preflight, video_index.resolve)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -440,7 +445,7 @@ class VideoDataset(torch.utils.data.Dataset):
             if clip is not None:
                 return clip, self.samples[j][1], j, False  # a valid stand-in; ok=False counts the bad video
         raise RuntimeError(f"{self.max_retries + 1} unreadable videos in a row from {self.samples[index][0]}; "
-                           f"check the dataset with: python check_dataset.py ROOT LIST LABELS")
+                           f"check the dataset with: python -m tools.check_dataset ROOT LIST LABELS")
 
 
 def collate(batch):

@@ -24,32 +24,28 @@ Note that with the authors' base-to-novel setting (16 tokens, CTX_INIT "a photo 
 their code (and this one) starts from random tokens there.
 
 Presets from the authors' configs: FEW_SHOT (10 tokens, depth 12, both towers) and BASE_TO_NOVEL (16 tokens,
-depth 9). Prompt checkpoints (save_prompts / load_prompts) hold only the prompt tensors, the configuration and a
-reference to the bridged model they were trained on: kilobytes, never CLIP's weights, never anything that depends on
-the class names.
+depth 9). Prompt checkpoints, which hold only the prompt tensors, the configuration and a reference to the bridged
+model they were trained on (kilobytes, never CLIP's weights, never anything that depends on the class names), are
+written and read beside the other weight files: vifi_weights.py's save_prompts / load_prompts.
 """
-import os
 from typing import Optional
 
 import torch
 from torch import nn
 
 import clip_model
-import clip_weights
-from atomic_files import atomic_write
 from tokenizer import default_tokenizer, tokenize
 
 FEW_SHOT = dict(n_ctx_text=10, depth_text=12, n_ctx_vision=10, depth_vision=12)
 BASE_TO_NOVEL = dict(n_ctx_text=16, depth_text=9, n_ctx_vision=16, depth_vision=9, ctx_init="a photo of a")
 
-PROMPT_CHECKPOINT_FORMAT = "vifi-clip prompts v1"
-
 
 class PromptLearner(nn.Module):
     """The learnable prompt tokens of both towers, one [n_ctx, width] tensor per prompted layer.
 
-    text[i] / vision[i] are layer i's tokens (i = 0 .. depth-1); the authors' names for them are in vifi.py's
-    mapping table. `template` is the class-prompt text the tokens sit in front of ("{}." normally)."""
+    text[i] / vision[i] are layer i's tokens (i = 0 .. depth-1); the authors' names for them are in
+    plumbing/vifi_weights.py's mapping table. `template` is the class-prompt text the tokens sit in front of ("{}."
+    normally)."""
 
     def __init__(self, clip: clip_model.CLIP, n_ctx_text: int = 10, depth_text: int = 12, n_ctx_vision: int = 10,
                  depth_vision: int = 12, ctx_init: Optional[str] = "a photo of a"):
@@ -115,52 +111,3 @@ class PromptLearner(nn.Module):
 
 def _normal(n: int, width: int) -> torch.Tensor:
     return torch.empty(n, width).normal_(0, 0.02)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Prompt checkpoints: the prompts, their configuration, and which bridged model they belong to
-
-
-def base_reference(base_model: str) -> dict:
-    """What a prompt checkpoint records about the model the prompts were trained on: the name or path as given, and
-    its SHA-256 when it can be known without downloading (OpenAI's names carry it; files are hashed)."""
-    sha256 = None
-    if base_model in clip_weights._MODELS:
-        sha256 = clip_weights._MODELS[base_model].split("/")[-2]  # OpenAI's addresses are .../<sha256>/<file>
-    elif os.path.isfile(base_model):
-        sha256 = clip_weights.sha256_of(base_model)
-    return dict(ref=base_model, sha256=sha256)
-
-
-def save_prompts(path: str, learner: PromptLearner, base_model: str):
-    """Write the prompt tensors, the learner's configuration and a reference to the bridged model (base_reference),
-    atomically (atomic_files.py)."""
-    payload = dict(format=PROMPT_CHECKPOINT_FORMAT, config=learner.config(),
-                   prompts={k: v.detach().cpu().clone() for k, v in learner.state_dict().items()},
-                   base_model=base_reference(base_model))
-    with atomic_write(path) as f:
-        torch.save(payload, f)
-
-
-def read_prompts(path: str) -> dict:
-    """The content of a prompt checkpoint: dict(format, config, prompts, base_model). Loaded with
-    weights_only=True (tensors and plain containers only)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read a prompt checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != PROMPT_CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a prompt checkpoint (no format {PROMPT_CHECKPOINT_FORMAT!r})")
-    return payload
-
-
-def load_prompts(path: str, clip: clip_model.CLIP) -> tuple:
-    """-> (PromptLearner for `clip` with the saved tensors, base_model reference dict). Strict: the saved tensors
-    must be exactly the learner's, with the learner's shapes."""
-    payload = read_prompts(path)
-    learner = PromptLearner(clip, **payload["config"])
-    try:
-        learner.load_state_dict(payload["prompts"], strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: prompts do not fit this CLIP: {e}") from None
-    return learner, payload["base_model"]

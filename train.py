@@ -28,16 +28,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import clip_weights
 import data
-import evaluation
-import global_batches
-import miniworld
-import mixed_precision
-import protocols
-import run_files
 import vifi
-import vifi_weights
+from plumbing import clip_weights, evaluation, global_batches, mixed_precision, protocols, run_files, vifi_weights
+from world import miniworld
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Configuration: every flag with its help; None means "the setting's default" (the tables below)

@@ -57,14 +57,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import clip_model
-import mixed_precision
+import data
 import prompts as prompts_module
 from clip_model import CLIP
 from tokenizer import tokenize
+from plumbing import mixed_precision
 
 TRAIN_MODES = ("both", "image", "text", "prompts", "none")
 FUSIONS = ("embedding", "decision", "image")
-NORMALIZATIONS = ("clip", "imagenet")  # the pixel statistics of data.NORMS
+NORMALIZATIONS = tuple(data.NORMS)  # the pixel statistics a model's weights may expect: "clip", "imagenet"
 FINETUNE_TEMPLATE = "a photo of a {}."  # Appendix B: the handcrafted prompt of every fine-tuning experiment
 ZERO_SHOT_TEMPLATE = "{}"  # the authors' vanilla-CLIP zero-shot evaluation (their ZS_EVAL): the bare class name
 
@@ -283,7 +284,6 @@ def classify(model: ViFiCLIP, video_path: str, class_names: Sequence[str], num_f
     The authors evaluate with 32 frames; 8 keep a CPU quick (ViT-B/16: a few seconds on two cores). precision:
     "auto" (mixed_precision.inference_precision's choice: bf16 where it is faster, else fp32), "fp32", "bf16" or
     "fp16" (autocast; the weights stay fp32)."""
-    import data  # video decoding lives in data.py; the model itself never needs it
     size = model.clip.visual.input_resolution
     reader = data.VideoDataset("", [(video_path, 0)], num_frames=num_frames, train=False, input_size=size,
                                norm=model.normalization)

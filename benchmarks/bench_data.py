@@ -42,8 +42,8 @@ import torchvision.transforms.functional as TF
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-import prepare_videos  # noqa: E402
-import video_decoder  # noqa: E402
+from plumbing import video_decoder  # noqa: E402
+from tools import prepare_videos  # noqa: E402
 
 try:
     import decord

@@ -29,11 +29,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import clip_model  # noqa: E402
-import clip_weights  # noqa: E402
-import mixed_precision  # noqa: E402
 import tokenizer  # noqa: E402
 import vifi  # noqa: E402
-import vifi_weights  # noqa: E402
+from plumbing import clip_weights, mixed_precision, vifi_weights  # noqa: E402
 from bench_clip import HMDB51  # noqa: E402
 from conftest import _load_openai_module  # noqa: E402  (OpenAI's clip/model.py, loaded without its __init__)
 
@@ -68,7 +66,7 @@ def agreement(a, b):
 @torch.no_grad()
 def world_agreement(init_from=None, limit=None, batch=8):
     import data
-    import miniworld
+    from world import miniworld
     paths = miniworld.dataset_paths(miniworld.DEFAULT_TARGET)
     names = data.read_labels(paths["labels"])
     samples = data.read_list(paths["val"], len(names))[:limit]

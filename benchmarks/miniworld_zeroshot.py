@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import clip_weights  # noqa: E402
 import data  # noqa: E402
-import miniworld  # noqa: E402
 from tokenizer import tokenize  # noqa: E402
+from plumbing import clip_weights  # noqa: E402
+from world import miniworld  # noqa: E402
 
 PROMPTS = {"a photo of a {}.": "a photo of a {}.", "bare name": "{}"}
 

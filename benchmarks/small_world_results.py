@@ -26,8 +26,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import miniworld  # noqa: E402
 import train  # noqa: E402
+from world import miniworld  # noqa: E402
 
 # name -> (group, train.py arguments, figures to report)
 FEWSHOT = ["--setting", "fewshot", "--k", "16"]

@@ -21,8 +21,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import clip_model  # noqa: E402
-import miniworld  # noqa: E402
-import tiny_clip  # noqa: E402
+from world import miniworld, tiny_clip  # noqa: E402
 
 
 def load_state_dict(path: str) -> dict:

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
-import miniworld  # noqa: E402
-import protocols  # noqa: E402
 import train  # noqa: E402
+from plumbing import protocols  # noqa: E402
+from world import miniworld  # noqa: E402
 
 
 @torch.no_grad()

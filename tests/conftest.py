@@ -11,13 +11,14 @@ import sys
 import pytest
 import torch
 
-# The project is a flat folder of modules: make them importable from tests/.
+# The method files sit in the repository root, beside the packages plumbing/, world/ and tools/: make them importable
+# from tests/.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import clip_model  # noqa: E402
-import tiny_clip  # noqa: E402
+from world import tiny_clip  # noqa: E402
 
 # Two cores on CI: keep intra-op threads bounded so tests behave the same everywhere.
 torch.set_num_threads(min(2, torch.get_num_threads()))

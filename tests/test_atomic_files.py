@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from atomic_files import atomic_write
+from plumbing.atomic_files import atomic_write
 
 
 def test_the_file_is_replaced_whole_and_no_temporary_is_left(tmp_path):

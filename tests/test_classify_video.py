@@ -9,12 +9,11 @@ import re
 import pytest
 import torch
 
-import classify_video
-import clip_weights
 import data
-import hf_export
-import miniworld
 import vifi
+from plumbing import clip_weights, hf_export
+from tools import classify_video
+from world import miniworld
 from test_vifi import fake_yacs, save_authors_checkpoint, write_video  # noqa: F401 (fake_yacs: a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -121,7 +120,7 @@ def test_a_bad_input_is_one_line_and_exit_status_2(videos, tmp_path, capsys, arg
         argv += ["--weights", miniworld.TINY_CLIP_NAME]
     code, out, err = run(capsys, *argv, "--frames", "2")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert re.match("classify_video.py: error: " + message, err), err
+    assert re.match("python -m tools.classify_video: error: " + message, err), err
 
 
 def test_a_folder_with_an_unreadable_video_ranks_the_others_and_exits_2(videos, tmp_path, capsys):

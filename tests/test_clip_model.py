@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import clip_model
-import clip_weights
-import miniworld
 from tokenizer import tokenize
+from plumbing import clip_weights
+from world import miniworld
 
 VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
                context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)

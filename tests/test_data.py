@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-import check_dataset
 import data
-import video_decoder
+from plumbing import video_decoder
+from tools import check_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = os.path.join(ROOT, "splits")
@@ -637,12 +637,12 @@ def test_check_command_refuses_bad_list_files_in_one_line(tmp_path, capsys, list
 
 def test_check_command_exit_status_from_the_shell(tmp_path):
     """The documented exit statuses, as a shell sees them (0 and 1: test_check_videos_and_command_line)."""
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "check_dataset.py")
-    run = subprocess.run([sys.executable, script, str(tmp_path), str(tmp_path / "no.txt"),
-                          str(tmp_path / "no.csv")], capture_output=True, text=True, timeout=120)
+    script = [sys.executable, "-m", "tools.check_dataset"]  # from the repository root, as the README says
+    run = subprocess.run([*script, str(tmp_path), str(tmp_path / "no.txt"), str(tmp_path / "no.csv")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "no.csv" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
-    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
+    help_text = subprocess.run([*script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert all(f"{code} " in help_text.stdout.split("exit status")[1] for code in (0, 1, 2))
     (tmp_path / "l.txt").write_text("a.mp4 0\n")
     (tmp_path / "l.csv").write_text("id,name\n0,a\n")

@@ -1,7 +1,8 @@
-"""hf_export.py against transformers itself: an exported folder is read by transformers' CLIPModel, CLIPProcessor and
-CLIPTokenizer as it is, and the model card's recipe (frames -> get_image_features -> mean -> cosine with
-get_text_features x logit_scale.exp()) gives our logits for the same frames; the folder loads back here to the same
-logits; prompts, the authors' checkpoints, our runs' checkpoints; no pickle, one-line errors, nothing half-written.
+"""plumbing/hf_export.py and its command (python -m tools.export_hf) against transformers itself: an exported folder
+is read by transformers' CLIPModel, CLIPProcessor and CLIPTokenizer as it is, and the model card's recipe (frames ->
+get_image_features -> mean -> cosine with get_text_features x logit_scale.exp()) gives our logits for the same frames;
+the folder loads back here to the same logits; prompts, the authors' checkpoints, our runs' checkpoints; no pickle,
+one-line errors, nothing half-written.
 
 Random weights are perturbed (no bias or norm at a trivial value); their logit scale is CLIP's initial 1/0.07, at
 which the bound is 1e-5. At CLIP's trained 100 the same agreement of the cosines (7e-7) is 7e-5 in logits: there fp32
@@ -18,15 +19,12 @@ import pytest
 import torch
 
 import clip_model
-import clip_weights
 import data
-import hf_export
-import miniworld
-import prompts
-import run_files
 import train
 import vifi
-import vifi_weights
+from plumbing import clip_weights, hf_export, run_files, vifi_weights
+from tools import export_hf
+from world import miniworld
 from test_clip_model import VIT_B16
 from test_vifi import DEEP, SMALL, authors_state_dict, fake_yacs, randomize_prompts, save_authors_checkpoint, \
     write_video  # noqa: F401 (fake_yacs: a fixture)
@@ -207,7 +205,7 @@ def test_the_authors_checkpoint_exports_with_imagenet_statistics(tmp_path, fake_
     save_authors_checkpoint(tmp_path / "vifi_clip_k400.pth", trained, fake_yacs)
     torch.save(trained.clip.state_dict(), tmp_path / "base.pt")
     data.write_labels(tmp_path / "labels.csv", NAMES)
-    code = hf_export.cli([str(tmp_path / "vifi_clip_k400.pth"), str(tmp_path / "out"), "--base",
+    code = export_hf.cli([str(tmp_path / "vifi_clip_k400.pth"), str(tmp_path / "out"), "--base",
                           str(tmp_path / "base.pt"), "--labels", str(tmp_path / "labels.csv")])
     assert code == 0, capsys.readouterr().err
     assert "the authors' weights as a Hugging Face CLIP (5 classes recorded, 32 frames, imagenet pixel statistics)" in \
@@ -223,7 +221,7 @@ def test_the_authors_checkpoint_exports_with_imagenet_statistics(tmp_path, fake_
     assert "ImageNet's" in card and "`brush_hair`, `cartwheel`" in card and "vifi_clip_k400.pth" in card
     assert json.load(open(tmp_path / "out" / "vifi_clip.json"))["class_names"] == NAMES
     # without --labels the card says the classes are not recorded (the authors' files have none)
-    assert hf_export.cli([str(tmp_path / "vifi_clip_k400.pth"), str(tmp_path / "out2"), "--base",
+    assert export_hf.cli([str(tmp_path / "vifi_clip_k400.pth"), str(tmp_path / "out2"), "--base",
                           str(tmp_path / "base.pt")]) == 0
     assert "classes: not recorded with these weights" in open(tmp_path / "out2" / "README.md").read()
 
@@ -247,7 +245,7 @@ def test_our_best_pt_exports_with_its_runs_classes_template_and_frames(tmp_path,
         model.clip.token_embedding.weight.copy_(base.token_embedding.weight)  # frozen in training: the base's
     save_our_run(tmp_path / "best.pt", model, "--setting", "fewshot", "--k", "4", "--dataset", "hmdb51", "--clip",
                  str(tmp_path / "clip.pt"), "--frames", "16", "--epochs", "3")
-    assert hf_export.cli([str(tmp_path / "best.pt"), str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    assert export_hf.cli([str(tmp_path / "best.pt"), str(tmp_path / "out")]) == 0, capsys.readouterr().err
     hmdb = data.read_labels(os.path.join(ROOT, "splits", "labels", "hmdb_51_labels.csv"))
     meta = json.load(open(tmp_path / "out" / "vifi_clip.json"))
     assert meta["class_names"] == hmdb and meta["frames"] == 16 and meta["templates"] == ["a photo of a {}."]
@@ -281,10 +279,10 @@ def test_a_prompt_learned_model_exports_its_prompts_beside_the_bridged_clip(tmp_
     theirs, _ = transformers_logits(folder, frames, NAMES, ["{}."])
     assert (theirs - our_logits(plain, our_pixels(frames, "clip"))).abs().max() <= 1e-5
     assert (theirs - our_logits(model, our_pixels(frames, "clip"))).abs().max() > 1e-2  # the prompts matter
-    # a prompt checkpoint (prompts.save_prompts) through the command line: on the bridged model it references
+    # a prompt checkpoint (vifi_weights.save_prompts) through the command line: on the bridged model it references
     torch.save(bridged.state_dict(), tmp_path / "bridged.pt")
-    prompts.save_prompts(str(tmp_path / "prompts.pt"), model.prompts, str(tmp_path / "bridged.pt"))
-    assert hf_export.cli([str(tmp_path / "prompts.pt"), str(tmp_path / "cli"), "--classes", ",".join(NAMES)]) == 0
+    vifi_weights.save_prompts(str(tmp_path / "prompts.pt"), model.prompts, str(tmp_path / "bridged.pt"))
+    assert export_hf.cli([str(tmp_path / "prompts.pt"), str(tmp_path / "cli"), "--classes", ",".join(NAMES)]) == 0
     assert "prompts in prompts.safetensors, which transformers alone does not run" in capsys.readouterr().out
     back = vifi_weights.load_model(str(tmp_path / "cli")).model
     pixels = our_pixels(frames, "clip")
@@ -314,10 +312,10 @@ def test_the_folder_holds_safetensors_and_json_only(tmp_path):
 
 
 def assert_refused(capsys, argv, match, folder):
-    code = hf_export.cli(argv)
+    code = export_hf.cli(argv)
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert re.match("hf_export.py: error: " + match, err), err
+    assert re.match("python -m tools.export_hf: error: " + match, err), err
     assert not os.path.exists(folder)
     assert not [n for n in os.listdir(os.path.dirname(folder)) if n.endswith(".tmp")], "a temporary folder was left"
 
@@ -342,7 +340,7 @@ def test_an_existing_folder_is_kept_unless_forced_and_a_failed_write_leaves_noth
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / "mine.txt").write_text("keep")
-    assert hf_export.cli([str(tmp_path / "clip.pt"), str(folder), "--classes", "a,b"]) == 2
+    assert export_hf.cli([str(tmp_path / "clip.pt"), str(folder), "--classes", "a,b"]) == 2
     assert "exists; choose another folder, or --force" in capsys.readouterr().err
     assert folder_files(folder) == {"mine.txt"}
 
@@ -351,12 +349,12 @@ def test_an_existing_folder_is_kept_unless_forced_and_a_failed_write_leaves_noth
         raise OSError("No space left on device")
 
     monkeypatch.setattr(hf_export, "_write_folder", fail)
-    assert hf_export.cli([str(tmp_path / "clip.pt"), str(folder), "--classes", "a,b", "--force"]) == 2
+    assert export_hf.cli([str(tmp_path / "clip.pt"), str(folder), "--classes", "a,b", "--force"]) == 2
     assert folder_files(folder) == {"mine.txt"}  # the old folder stands
     assert sorted(os.listdir(tmp_path)) == ["clip.pt", "out"]  # and no temporary folder is left
     with pytest.raises(OSError):
         hf_export.export_hugging_face(model, str(tmp_path / "new"))
     assert sorted(os.listdir(tmp_path)) == ["clip.pt", "out"]
     monkeypatch.undo()
-    assert hf_export.cli([str(tmp_path / "clip.pt"), str(folder), "--classes", "a,b", "--force"]) == 0
+    assert export_hf.cli([str(tmp_path / "clip.pt"), str(folder), "--classes", "a,b", "--force"]) == 0
     assert folder_files(folder) == EXPORTED and sorted(os.listdir(tmp_path)) == ["clip.pt", "out"]

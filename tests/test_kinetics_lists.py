@@ -6,9 +6,8 @@ import re
 import pytest
 
 import data
-import video_index
-import kinetics_lists
-import protocols
+from plumbing import protocols, video_index
+from tools import kinetics_lists
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = os.path.join(ROOT, "splits", "datasets_splits")

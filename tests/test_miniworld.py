@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import data
-import video_decoder
-import miniworld
+from plumbing import video_decoder
+from world import miniworld
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,12 +44,14 @@ def object_mask(frames):
 def test_the_world_imports_no_model():
     """miniworld.py is the world alone (numpy, av): the tiny CLIP's module imports it, never the other way round (no
     import circle), and its imports are all at the top of the file."""
-    tree = ast.parse(open(os.path.join(ROOT, "miniworld.py")).read())
+    tree = ast.parse(open(os.path.join(ROOT, "world", "miniworld.py")).read())
     imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
     assert all(node in tree.body for node in imports)
     names = {alias.name for node in imports if isinstance(node, ast.Import) for alias in node.names}
-    names |= {node.module for node in imports if isinstance(node, ast.ImportFrom)}
-    assert not {name.split(".")[0] for name in names} & {"torch", "clip_model", "clip_weights", "tiny_clip"}
+    names |= {f"{node.module}.{alias.name}" for node in imports if isinstance(node, ast.ImportFrom)
+              for alias in node.names}  # from plumbing import x: plumbing.x
+    model = ("torch", "clip_model", "plumbing.clip_weights", "world.tiny_clip")
+    assert not [name for name in names for m in model if name == m or name.startswith(m + ".")]
 
 
 @pytest.mark.parametrize("name", list(miniworld.DATASETS))
@@ -109,7 +111,7 @@ def test_same_seed_same_files_whatever_the_workers(tmp_path, reduced_world):
 
 
 def test_two_processes_at_once_make_one_world(tmp_path):
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import miniworld; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from world import miniworld; "
             "print(miniworld.ensure_world(sys.argv[2], seed=3, reduced=True, workers=1))")
     procs = [subprocess.Popen([sys.executable, "-c", code, ROOT, str(tmp_path)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]

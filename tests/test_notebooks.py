@@ -25,8 +25,8 @@ CELL_TIMEOUT = 600  # seconds for any one cell; a whole notebook should take 1-3
 @pytest.fixture(scope="session")
 def embedded_world():
     """Generate the world's videos (first time: up to ~2 minutes) and unpack the tiny CLIP, once per session."""
-    import clip_weights
-    import miniworld
+    from plumbing import clip_weights
+    from world import miniworld
     miniworld.ensure_world()
     clip_weights.load(miniworld.TINY_CLIP_NAME)
 

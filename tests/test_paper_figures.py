@@ -15,13 +15,10 @@ import re
 import pytest
 import torch
 
-import clip_weights
-import evaluation
-import miniworld
-import paper_figures
-import protocols
 import train
 import vifi
+from plumbing import clip_weights, evaluation, paper_figures, protocols
+from world import miniworld
 from test_vifi import write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

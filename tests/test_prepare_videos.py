@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import data
-import video_decoder
-import prepare_videos
+from plumbing import video_decoder
+from tools import prepare_videos
 
 
 def stripes(i, w, h):

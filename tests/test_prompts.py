@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import clip_model
-import clip_weights
 import prompts
 from tokenizer import tokenize
+from plumbing import clip_weights, vifi_weights
 
 # Four layers per tower, so that a depth of 2 leaves prompted and unprompted layers on both sides.
 SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=4, vision_width=64, vision_patch_size=8,
@@ -182,7 +182,7 @@ def test_depth_beyond_the_tower_is_refused(clip):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Prompt checkpoints
+# Prompt checkpoints (written and read by vifi_weights.py)
 
 
 def test_prompt_checkpoint_holds_prompts_config_and_base_reference_only(clip, tmp_path):
@@ -193,15 +193,15 @@ def test_prompt_checkpoint_holds_prompts_config_and_base_reference_only(clip, tm
         for p in learner.parameters():
             p.add_(torch.randn_like(p))
     path = tmp_path / "prompts.pt"
-    prompts.save_prompts(str(path), learner, str(base))
+    vifi_weights.save_prompts(str(path), learner, str(base))
     assert sorted(os.listdir(tmp_path)) == ["bridged.pt", "prompts.pt"]  # no temporary file left behind
     assert path.stat().st_size < 16_000  # kilobytes: no CLIP weights, no class-name buffers
-    payload = prompts.read_prompts(str(path))
+    payload = vifi_weights.read_prompts(str(path))
     assert sorted(payload["prompts"]) == ["text.0", "text.1", "vision.0", "vision.1"]
     assert payload["base_model"] == dict(ref=str(base), sha256=clip_weights.sha256_of(str(base)))
     assert payload["config"] == learner.config()
 
-    loaded, reference = prompts.load_prompts(str(path), clip)
+    loaded, reference = vifi_weights.load_prompts(str(path), clip)
     assert reference["ref"] == str(base)
     text = tokenize([f"{n}." for n in NAMES])
     with torch.no_grad():
@@ -211,7 +211,7 @@ def test_prompt_checkpoint_holds_prompts_config_and_base_reference_only(clip, tm
 
 
 def test_openai_names_are_referenced_with_their_published_hash():
-    assert prompts.base_reference("ViT-B/16") == dict(
+    assert vifi_weights.base_reference("ViT-B/16") == dict(
         ref="ViT-B/16", sha256="5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f")
 
 
@@ -219,15 +219,15 @@ def test_other_files_are_not_prompt_checkpoints(clip, tmp_path):
     path = tmp_path / "weights.pt"
     torch.save(clip.state_dict(), path)
     with pytest.raises(ValueError, match=r"weights\.pt: not a prompt checkpoint"):
-        prompts.read_prompts(str(path))
+        vifi_weights.read_prompts(str(path))
 
 
 def test_prompts_of_another_shape_are_refused(clip, tmp_path):
     learner = prompts.PromptLearner(clip, n_ctx_text=4, depth_text=2, n_ctx_vision=3, depth_vision=2)
     path = tmp_path / "p.pt"
-    prompts.save_prompts(str(path), learner, "ViT-B/16")
+    vifi_weights.save_prompts(str(path), learner, "ViT-B/16")
     payload = torch.load(path, weights_only=True)
     payload["prompts"]["vision.1"] = torch.zeros(3, 99)
     torch.save(payload, path)
     with pytest.raises(ValueError, match=r"p\.pt: prompts do not fit this CLIP"):
-        prompts.load_prompts(str(path), clip)
+        vifi_weights.load_prompts(str(path), clip)

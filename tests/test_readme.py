@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import data
-import miniworld
+from world import miniworld
 import test_vifi
 from conftest import assert_same_weights
 from test_vifi import save_authors_checkpoint, write_video
@@ -32,15 +32,16 @@ SHARE = "run in order in one folder"  # your own video and sharing weights: test
 # (pattern, what to do, reason). The first rule that matches a command decides.
 COMMANDS = [
     (r"-m pytest|^bash \.ci/run$", SKIP, "the test suite itself (CI runs it: bash .ci/run)"),
-    (r"^python3? (hf_export|classify_video)\.py ", SHARE, ""),  # on the tiny CLIP, see the test
+    (r"^python3? -m tools\.(export_hf|classify_video) ", SHARE, ""),  # on the tiny CLIP, see the test
     (r"--nnodes", SKIP, "needs several machines"),
     (r"benchmarks/gpu_checks\.py", SKIP, "needs a CUDA GPU"),
-    (r"^python3? tiny_clip\.py", SKIP, "pretrains the tiny CLIP: half an hour (tests/test_tiny_clip.py runs 2 steps)"),
-    (r"^python3? check_dataset\.py ROOT LIST LABELS", RUN, ""),  # on the embedded world's toy-hmdb
-    (r"^python3? prepare_videos\.py K400 train\.txt K400_256", RUN, ""),  # on 20 of the world's videos
+    (r"^python3? -m world\.tiny_clip", SKIP,
+     "pretrains the tiny CLIP: half an hour (tests/test_tiny_clip.py runs 2 steps)"),
+    (r"^python3? -m tools\.check_dataset ROOT LIST LABELS", RUN, ""),  # on the embedded world's toy-hmdb
+    (r"^python3? -m tools\.prepare_videos K400 train\.txt K400_256", RUN, ""),  # on 20 of the world's videos
     (r"^python3? train\.py --help$", RUN, ""),
-    (r"--data-root (?!\S*world)|--target-roots|--dataset (hmdb51|ucf101|k400|k600|ssv2|custom)|kinetics_lists\.py|"
-     r"^(?:.*&& )?(python3? )?\S*check_dataset\.py (?!\S*world)(/|[A-Z])", SKIP,
+    (r"--data-root (?!\S*world)|--target-roots|--dataset (hmdb51|ucf101|k400|k600|ssv2|custom)|tools\.kinetics_lists|"
+     r"^(?:.*&& )?python3? -m tools\.check_dataset (?!\S*world)(/|[A-Z])", SKIP,
      "needs a real dataset or the user's files"),
     (r"--init-from (?!out/)", SKIP, "needs weights trained on a real dataset"),
     (r"^(python3? -m pip install (-q )?-r requirements\.txt && )?python3? train\.py --setting fewshot --k 16$", RUN, ""),
@@ -90,7 +91,8 @@ def free_port():
 
 
 def shell(command: str, cwd, timeout=1200) -> subprocess.CompletedProcess:
-    """The command as a user types it, with the project's scripts found from any folder."""
+    """The command as a user types it in the repository root, run from any folder: the scripts by their path, the
+    modules (python -m tools.NAME) through PYTHONPATH."""
     words = [os.path.join(ROOT, w) if w.endswith(".py") and os.path.isfile(os.path.join(ROOT, w)) else w
              for w in shlex.split(command.split("&& ")[-1])]  # the install before && is CI's own first step
     env = dict(os.environ, PET_MASTER_PORT=str(free_port()), PET_MASTER_ADDR="127.0.0.1", PYTHONPATH=ROOT)
@@ -110,7 +112,7 @@ def test_readme_command_runs(command, tmp_path):
     command = command.replace("K400 train.txt K400_256", f"{world['root']} {tmp_path / 'twenty.txt'} {tmp_path / 'prepared'}")
     result = shell(command, tmp_path)
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    if "prepare_videos.py" in command:  # every listed video re-encoded, at its listed path
+    if "tools.prepare_videos" in command:  # every listed video re-encoded, at its listed path
         assert all(os.path.isfile(tmp_path / "prepared" / p) for p, _ in data.read_list(tmp_path / "twenty.txt"))
     if "train.py --setting" in command:  # the main job: a result on the embedded world's test set
         metrics = json.load(open(tmp_path / "out" / "metrics.json"))
@@ -130,8 +132,8 @@ def test_readme_benchmark_runs_in_its_short_mode(command, tmp_path):
 def test_readme_python_snippets_run(tmp_path, fake_yacs, monkeypatch):
     """Each ```python block, on the tiny CLIP: "ViT-B/16" -> the tiny model, the authors' released weights -> tiny
     weights saved in the authors' layout, "my_video.mp4" -> a rendered video."""
-    import clip_weights
     import vifi
+    from plumbing import clip_weights
     blocks = python_blocks(readme_text())
     assert blocks, "the README shows how to classify one's own video"
     trained = vifi.ViFiCLIP(clip_weights.load(miniworld.TINY_CLIP_NAME), ["dancing", "swimming"], train_mode="none")
@@ -149,13 +151,12 @@ def test_readme_sharing_commands_run_in_order(tmp_path, fake_yacs):
     out/best.pt is a checkpoint of the main job's run as run_files writes it (the tiny CLIP's weights, not trained),
     vifi_clip_k400.pth tiny weights in the authors' layout (their token embeddings come from the tiny CLIP: the
     command gets --base miniworld-tiny), my_video.mp4 a rendered video, splits/ the repository's."""
-    import clip_weights
-    import run_files
     import train
     import vifi
+    from plumbing import clip_weights, run_files
     commands = runnable(SHARE)
-    assert [c.split()[1] for c in commands] == ["classify_video.py", "hf_export.py", "hf_export.py",
-                                                "classify_video.py"]
+    assert [c.split()[2] for c in commands] == ["tools.classify_video", "tools.export_hf", "tools.export_hf",
+                                                "tools.classify_video"]
     clip = clip_weights.load(miniworld.TINY_CLIP_NAME)
     cfg = train.parse_args(["--setting", "fewshot", "--k", "16"])  # the main job's configuration
     cfg.normalization = "clip"
@@ -172,8 +173,8 @@ def test_readme_sharing_commands_run_in_order(tmp_path, fake_yacs):
             command += f" --base {miniworld.TINY_CLIP_NAME}"
         result = shell(command.replace("splits/labels/", os.path.join(ROOT, "splits", "labels", "")), tmp_path)
         assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-        if "hf_export.py" in command:  # a folder transformers reads, the run's classes or the labels' in its card
-            folder = tmp_path / command.split()[3]
+        if "tools.export_hf" in command:  # a folder transformers reads, the run's classes or the labels' in its card
+            folder = tmp_path / command.split()[4]
             card = open(folder / "README.md").read()
             count = len(miniworld.TOY_HMDB) if "best.pt" in command else 400  # the main job's, or Kinetics-400's
             assert f"- classes ({count}, in label order" in card

@@ -12,11 +12,10 @@ import av
 import numpy as np
 import pytest
 
-import check_dataset
-import clip_weights
 import data
-import video_index
 import train
+from plumbing import clip_weights, video_index
+from tools import check_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = os.path.join(ROOT, "splits", "datasets_splits")

@@ -13,10 +13,9 @@ import torch
 import torchvision.transforms.functional as TF
 
 import data
-import evaluation
-import miniworld
-import mixed_precision
 import train
+from plumbing import evaluation, mixed_precision
+from world import miniworld
 
 from timm.scheduler import cosine_lr as timm_scheduler  # a test-only reference, like openai-clip and transformers
 

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 import clip_model
-import clip_weights
-import miniworld
-import tiny_clip
 from tokenizer import default_tokenizer, tokenize
+from plumbing import clip_weights
+from world import miniworld, tiny_clip
 
 
 def test_no_class_word_is_a_filler_token():

@@ -19,15 +19,11 @@ import pytest
 import torch
 
 import clip_model
-import clip_weights
 import data
-import miniworld
-import mixed_precision
-import run_files
-import tiny_clip
 import train
-import video_decoder
 import vifi
+from plumbing import clip_weights, mixed_precision, run_files, video_decoder
+from world import miniworld, tiny_clip
 from conftest import assert_same_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -360,6 +356,23 @@ def test_a_held_out_folder_is_refused_in_one_line_until_its_holder_dies(world, r
     assert os.path.isfile(out / "last.pt") and not os.path.exists(out / "last.pt.tmp")
 
 
+def test_stale_temporaries_are_exactly_the_names_run_files_writes(tmp_path, monkeypatch):
+    """remove_stale_temporaries removes what a kill while atomic_save / atomic_write_text write leaves (<file>.tmp of
+    the run's five files), and nothing else of --out."""
+    monkeypatch.setattr(run_files, "atomic_write", lambda path, mode, tmp: open(tmp, mode))  # killed before renaming
+    for name in ("last.pt", "best.pt"):
+        run_files.atomic_save({}, str(tmp_path / name))
+    for name in ("log.jsonl", "config.json", "metrics.json"):
+        run_files.atomic_write_text(str(tmp_path / name), "")
+    assert sorted(os.listdir(tmp_path)) == ["best.pt.tmp", "config.json.tmp", "last.pt.tmp", "log.jsonl.tmp",
+                                            "metrics.json.tmp"]
+    others = [".lock", "last.pt", "last.pt.123.tmp", "last.pt.tmp1", "mine.tmp"]  # names no run writes
+    for name in others:
+        (tmp_path / name).write_text("")
+    run_files.remove_stale_temporaries(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == others
+
+
 def folder_state(out):
     return {name: (os.stat(out / name).st_size, os.stat(out / name).st_mtime_ns) for name in os.listdir(out)}
 
@@ -396,7 +409,8 @@ def test_a_second_run_into_the_same_out_stops_and_the_first_goes_on(world, rando
 
 FULL_DISK = """import contextlib, errno, os, sys
 sys.path.insert(0, {root!r})
-import run_files, train
+import train
+from plumbing import run_files
 real = run_files.atomic_write
 
 
@@ -435,7 +449,8 @@ def test_a_full_disk_stops_every_process_of_a_distributed_run(world, random_tiny
 
 DECODES_FIRST = """import sys
 sys.path.insert(0, {root!r})
-import train, video_decoder
+import train
+from plumbing import video_decoder
 if __name__ == "__main__":
     video_decoder.decode_frames({video!r}, [0, 10], size=(64, 64))  # as a notebook that shows a frame first
     sys.exit(train.cli({argv!r}))
@@ -546,8 +561,8 @@ def test_unreadable_videos_never_stop_training_and_count_as_wrong(world, random_
     picked = data.kshot_split(train_list, 2, seed=1)  # --split 1 seeds the K-shot draw
     assert metrics["history"][0]["unreadable_videos"] == sum(path == "broken.mp4" for path, _ in picked)
     # 1 of 6 is more than the 1% a run tolerates in silence: said at the end and in metrics.json
-    assert metrics["warnings"] == ["val: 1 of 6 videos unreadable, counted as wrong; check them with python "
-                                   "check_dataset.py"]
+    assert metrics["warnings"] == ["val: 1 of 6 videos unreadable, counted as wrong; check them with python -m "
+                                   "tools.check_dataset"]
     assert "WARNING: val: 1 of 6 videos unreadable" in capsys.readouterr().err
     assert json.load(open(tmp_path / "out" / "metrics.json"))["warnings"] == metrics["warnings"]
 

@@ -17,12 +17,9 @@ import torch
 import torch.nn.functional as F
 
 import clip_model
-import clip_weights
-import mixed_precision
-import prompts
 import vifi
-import vifi_weights
 from tokenizer import tokenize
+from plumbing import clip_weights, mixed_precision, vifi_weights
 
 SMALL = dict(embed_dim=32, image_resolution=32, vision_layers=3, vision_width=64, vision_patch_size=8,
              context_length=77, vocab_size=49408, transformer_width=48, transformer_heads=1, transformer_layers=3)
@@ -560,7 +557,7 @@ def test_prompt_checkpoint_round_trip_on_its_bridged_model(tmp_path):
     base_path = tmp_path / "bridged.pt"
     torch.save(bridged.state_dict(), base_path)
     model = randomize_prompts(build(bridged, train_mode="prompts", **DEEP))
-    prompts.save_prompts(str(tmp_path / "prompts.pt"), model.prompts, str(base_path))
+    vifi_weights.save_prompts(str(tmp_path / "prompts.pt"), model.prompts, str(base_path))
     loaded = vifi_weights.load_prompted(str(tmp_path / "prompts.pt"), NAMES)
     assert loaded.train_mode == "none" and loaded.templates == ("{}.",)
     with torch.no_grad():
@@ -615,7 +612,7 @@ def test_readme_example_gives_the_authors_weights_their_pixel_statistics(tmp_pat
     """README, "Your own video", as written but on the tiny CLIP: the authors' weights were trained on
     ImageNet-normalised frames, so after load_weights classify must normalise with ImageNet's statistics."""
     import data
-    import miniworld
+    from world import miniworld
     trained = vifi.ViFiCLIP(clip_weights.load(miniworld.TINY_CLIP_NAME), ["dancing", "swimming"], train_mode="none")
     save_authors_checkpoint(tmp_path / "vifi_clip_k400.pth", trained, fake_yacs)
     write_video(tmp_path / "my_video.mp4")

@@ -1,6 +1,6 @@
 """Check a dataset before training on it: every video of a list found and decodable.
 
-    python check_dataset.py ROOT LIST LABELS [--workers 8]
+    python -m tools.check_dataset ROOT LIST LABELS [--workers 8]
 
 Each video of LIST is looked up under ROOT (at its listed path, or by its file name in any folder: video_index.py) and
 8 frames spread over it are decoded (video_decoder.py). Exit status: 0 every video readable; 1 unreadable videos found
@@ -15,8 +15,9 @@ import os
 import sys
 
 import data
-from video_decoder import DECODE_ERRORS, VideoReader
-from video_index import DatasetError, locate
+from data import DatasetError
+from plumbing.video_decoder import DECODE_ERRORS, VideoReader
+from plumbing.video_index import locate
 
 
 def check_one(path: str, num_frames: int = 8):
@@ -44,7 +45,7 @@ def check_videos(root: str, samples: list, num_frames: int = 8, workers: int = 0
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=(
+    ap = argparse.ArgumentParser(prog="python -m tools.check_dataset", description=__doc__.split("\n\n")[0], epilog=(
         "exit status: 0 every video readable; 1 unreadable videos found (listed on stdout with the reason); 2 bad "
         "arguments, or a list or labels file missing or malformed (one line on stderr names the file and line)"))
     ap.add_argument("root", metavar="ROOT", help="the folder holding the videos, as downloaded")
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
             e = f"{e.filename}: {e.strerror}"
         elif isinstance(e, UnicodeDecodeError):
             e = f"{args.labels if names is None else args.list}: not UTF-8 text ({e.reason})"
-        print(f"check_dataset.py: {e}", file=sys.stderr)
+        print(f"python -m tools.check_dataset: {e}", file=sys.stderr)
         return 2
     bad = check_videos(args.root, samples, workers=args.workers)
     for path, why in bad:

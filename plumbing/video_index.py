@@ -9,14 +9,10 @@ import json
 import logging
 import os
 
-from atomic_files import atomic_write
+from data import DatasetError
+from plumbing.atomic_files import atomic_write
 
 log = logging.getLogger("data")
-
-
-class DatasetError(ValueError):
-    """A list or labels file is malformed (the message starts with "file:line:"), or the videos of a list are not
-    under its root (preflight, resolve)."""
 
 
 #

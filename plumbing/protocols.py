@@ -9,9 +9,10 @@ import os
 from dataclasses import dataclass
 
 import data
-import video_index
+from plumbing import video_index
 
-SPLITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "splits")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+SPLITS = os.path.join(ROOT, "splits")
 
 
 @dataclass
@@ -65,8 +66,8 @@ def _list_file(*parts) -> str:
     path = os.path.join(SPLITS, "datasets_splits", *parts)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: split list not found" + (
-            " (the Kinetics-400 training lists are not shipped: python kinetics_lists.py ANNOTATIONS.csv ROOT writes "
-            "them)" if "k400" in path else ""))
+            " (the Kinetics-400 training lists are not shipped: python -m tools.kinetics_lists ANNOTATIONS.csv ROOT "
+            "writes them)" if "k400" in path else ""))
     return path
 
 

@@ -1,7 +1,7 @@
 """Kinetics-400's two training lists that the authors did not ship, built from the official annotations for the
 videos you have on disk.
 
-    python kinetics_lists.py ANNOTATIONS.csv ROOT [OUT_DIR] [--absent FILE]
+    python -m tools.kinetics_lists ANNOTATIONS.csv ROOT [OUT_DIR] [--absent FILE]
 
 ANNOTATIONS.csv  the official training annotations (Kinetics-400 train.csv: label,youtube_id,time_start,time_end,
                  split[,is_cc]); `split` names the folder of the lists' paths (train), as in the authors' lists.
@@ -30,13 +30,14 @@ import os
 import sys
 
 import data
-import video_index
+from plumbing import video_index
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-LABELS = os.path.join(HERE, "splits", "labels", "kinetics_400_labels.csv")
-BASE_LABELS = os.path.join(HERE, "splits", "labels", "kinetics_400_base_labels.csv")
-TRAIN_LIST = os.path.join(HERE, "splits", "datasets_splits", "k400_splits", "train.txt")
-BASE_TRAIN_LIST = os.path.join(HERE, "splits", "datasets_splits", "base2novel_splits", "k400_splits", "base_train.txt")
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # (ROOT below is the dataset's folder)
+LABELS = os.path.join(REPOSITORY, "splits", "labels", "kinetics_400_labels.csv")
+BASE_LABELS = os.path.join(REPOSITORY, "splits", "labels", "kinetics_400_base_labels.csv")
+TRAIN_LIST = os.path.join(REPOSITORY, "splits", "datasets_splits", "k400_splits", "train.txt")
+BASE_TRAIN_LIST = os.path.join(REPOSITORY, "splits", "datasets_splits", "base2novel_splits", "k400_splits",
+                               "base_train.txt")
 COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 
 
@@ -101,7 +102,7 @@ def subset_classes(samples, class_names, keep_names):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.kinetics_lists", description=__doc__.split("\n\n")[0])
     ap.add_argument("annotations", help="the official training annotations CSV (Kinetics-400 train.csv)")
     ap.add_argument("root", help="the folder of the downloaded videos")
     ap.add_argument("out_dir", nargs="?", default=None,

@@ -1,7 +1,7 @@
 """Prepare a video dataset once, so that every epoch reads it fast: re-encode every video of a list to a short side of
 256 pixels (or 320) with a keyframe every 16 frames, in parallel worker processes.
 
-    python prepare_videos.py SRC_ROOT LIST DST_ROOT [--short-side 256] [--gop 16] [--workers N]
+    python -m tools.prepare_videos SRC_ROOT LIST DST_ROOT [--short-side 256] [--gop 16] [--workers N]
 
 then train with the same list and --data-root DST_ROOT. Kinetics comes at its original resolution (many 720p and 1080p
 clips) and a training clip needs every reference frame up to its last sampled one decoded, so decoding full-size
@@ -44,8 +44,7 @@ from fractions import Fraction
 import av
 
 import data
-import video_decoder
-import video_index
+from plumbing import video_decoder, video_index
 
 SHORT_SIDE = 256
 GOP = 16
@@ -205,7 +204,8 @@ def prepare(src_root, samples, dst_root, short_side=SHORT_SIDE, gop=GOP, workers
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.prepare_videos", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src_root", metavar="SRC_ROOT", help="where the list's relative paths are")
     ap.add_argument("list", metavar="LIST", help="list file: 'relative/path label' per line")
     ap.add_argument("dst_root", metavar="DST_ROOT", help="where the prepared videos go (same relative paths)")

@@ -1,4 +1,4 @@
-"""Any ViFi-CLIP as a Hugging Face CLIP folder: `export_hugging_face(model, folder)`, and its command line.
+"""Any ViFi-CLIP as a Hugging Face CLIP folder: `export_hugging_face(model, folder)`.
 
 A fine-tuned ViFi-CLIP is a CLIP (both towers and the logit scale) plus the mean over frames (paper Sec. 4, Eq. 1),
 so its weights need nothing new to be read by transformers: `CLIPModel.from_pretrained(folder)` and
@@ -6,13 +6,7 @@ so its weights need nothing new to be read by transformers: `CLIPModel.from_pret
 the few lines that score a video with them: frames -> get_image_features -> mean -> cosine with get_text_features x
 logit_scale.exp(). tests/test_hf_export.py checks those logits against ours with transformers itself.
 
-    python hf_export.py WEIGHTS FOLDER            WEIGHTS: our best.pt / last.pt, the authors' released .pth, a prompt
-                                                  checkpoint, a Hugging Face folder, a CLIP name or file
-        --labels FILE | --classes a,b,...         the classes the weights were fine-tuned with, for the card (our runs:
-                                                  read from the run's configuration; the authors' files have none)
-        --base ViT-B/16                           the CLIP the authors' files take their token embeddings from
-        --frames N                                the frames per video the weights were trained with (our runs: theirs)
-        --force                                   replace FOLDER if it exists
+The command line (our runs, the authors' files, prompt checkpoints, any CLIP): python -m tools.export_hf.
 
 The folder holds safetensors and JSON only (no pickle), and is written whole or not at all (into a temporary folder
 beside it, renamed at the end):
@@ -31,20 +25,17 @@ beside it, renamed at the end):
 
 Not the paper's method: vifi.py is the model, vifi_weights.py reads every format this writes.
 """
-import argparse
 import json
 import os
 import shutil
-import sys
 from typing import Optional, Sequence
 
 import torch
 
-import clip_weights
 import data
 import tokenizer
-import vifi_weights
 from vifi import ViFiCLIP
+from plumbing import clip_weights, vifi_weights
 
 # Special tokens as CLIP's tokenizer has them; Hugging Face's CLIP tokenizers pad with the end token too.
 SPECIAL_TOKENS = dict(bos_token=tokenizer.SOT_TEXT, eos_token=tokenizer.EOT_TEXT, unk_token=tokenizer.EOT_TEXT,
@@ -140,7 +131,7 @@ def model_card(model: ViFiCLIP, classes: Sequence[str], frames: int, source: Opt
                   f"reads the bridged model without them, and the recipe below scores videos with that model, not "
                   f"with this one. ViFi-CLIP in plain PyTorch runs it: "
                   f"`vifi_weights.load_hugging_face(folder, class_names)`, or "
-                  f"`python classify_video.py VIDEO --weights FOLDER`.", ""]
+                  f"`python -m tools.classify_video VIDEO --weights FOLDER`.", ""]
     lines += ["## What it was fine-tuned with", ""]
     if run:
         keys = ("setting", "dataset") + (("k",) if run.get("setting") in ("fewshot", "base2novel") else ()) + (
@@ -281,102 +272,3 @@ def _write_folder(tmp: str, files: dict, tensors: dict):
         os.chmod(os.path.join(tmp, name), 0o666 & ~umask)  # as readable as the JSON files (safetensors writes 0600)
         with open(os.path.join(tmp, name), "rb") as f:
             os.fsync(f.fileno())
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The command line
-
-
-def run_class_names(config: dict) -> list:
-    """The classes a train.py run trained on, from its configuration ([] when they cannot be known here): the label
-    files of the paper's datasets (the base half for base-to-novel), a custom dataset's labels, the embedded world's."""
-    import protocols
-    import train
-    dataset, setting = config.get("dataset"), config.get("setting")
-    found = protocols.PAPER_DATASETS.get(dataset)
-    if isinstance(found, protocols.AuthorsDataset):  # no video needed: the shipped label files
-        source = protocols.PAPER_DATASETS["k400"] if setting == "zeroshot" else found
-        return data.read_labels(protocols._labels_file(source.base_labels if setting == "base2novel" else
-                                                       source.labels))
-    try:  # the run's own lists (the world, a custom dataset), where they are
-        cfg = train.Config(**{k: v for k, v in config.items() if k in train.Config.__dataclass_fields__})
-        return list(train.build_splits(cfg)[0].class_names)
-    except (ValueError, OSError, RuntimeError, KeyError):
-        return []
-
-
-def read_classes(classes: Optional[str], labels: Optional[str]) -> Optional[list]:
-    """--classes a,b,c or --labels FILE (a labels CSV "id,name", or one name a line) -> names, or None if neither."""
-    if classes is not None:
-        names = [c.strip() for c in classes.split(",") if c.strip()]
-        if not names:
-            raise ValueError("--classes: no class names (give them comma-separated: --classes dancing,swimming)")
-        return names
-    if labels is None:
-        return None
-    if not os.path.isfile(labels):
-        raise FileNotFoundError(f"--labels {labels}: no such file")
-    try:
-        return data.read_labels(labels)
-    except data.DatasetError:  # not a labels CSV: one name a line
-        with open(labels, encoding="utf-8-sig") as f:
-            names = [line.strip() for line in f if line.strip()]
-        if not names:
-            raise ValueError(f"--labels {labels}: no class names in the file") from None
-        return names
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf_export.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("weights", help="our best.pt / last.pt, the authors' .pth, a prompt checkpoint, a Hugging "
-                                        "Face folder, a CLIP name or file")
-    parser.add_argument("folder", help="the folder to write")
-    parser.add_argument("--labels", help="the classes the weights were fine-tuned with: a labels CSV 'id,name' or "
-                                         "one name a line (default: our runs' own; the authors' files have none)")
-    parser.add_argument("--classes", help="the same, comma-separated")
-    parser.add_argument("--base", help="the CLIP the authors' checkpoints take their token embeddings from (default "
-                                       "ViT-B/16); our checkpoints: instead of the CLIP their run names")
-    parser.add_argument("--frames", type=int, help="frames per video the weights were trained with (default: our "
-                                                   "runs' own, else 32)")
-    parser.add_argument("--force", action="store_true", help="replace the folder if it exists")
-    return parser
-
-
-def main(argv=None) -> str:
-    args = make_parser().parse_args(argv)
-    if os.path.exists(args.folder) and not args.force:
-        raise ExportError(f"{args.folder} exists; choose another folder, or --force to replace it")
-    if args.classes is not None and args.labels is not None:
-        raise ExportError("give the classes once: --classes or --labels")
-    if args.frames is not None and args.frames < 1:
-        raise ExportError(f"--frames {args.frames}: must be at least 1")
-    classes = read_classes(args.classes, args.labels)
-    recorded = vifi_weights.read_hugging_face_export(args.weights) if os.path.isdir(args.weights) else {}
-    loaded = vifi_weights.load_model(args.weights, classes or recorded.get("class_names") or ["?"], base=args.base)
-    run = loaded.config if loaded.format == "ours" else None
-    if classes is None:
-        classes = run_class_names(run) if run else list(recorded.get("class_names") or [])
-    frames = args.frames or (run or {}).get("frames") or recorded.get("frames") or 32
-    folder = export_hugging_face(loaded.model, args.folder, classes=classes, frames=frames, source=args.weights,
-                                 run=run, overwrite=args.force)
-    prompted = loaded.model.prompts.has_text or loaded.model.prompts.has_vision
-    what = dict(ours="our run's", authors="the authors'", prompts="prompt-learned", openai="CLIP", name="CLIP")
-    print(f"{folder}: {what.get(loaded.format, loaded.format)} weights as a Hugging Face CLIP "
-          f"({len(classes) or 'no'} classes recorded, {frames} frames, {loaded.model.normalization} pixel statistics"
-          + (f"; prompts in {vifi_weights.HF_PROMPTS_FILE}, which transformers alone does not run)" if prompted
-             else ")"))
-    return folder
-
-
-def cli(argv=None) -> int:
-    """`python hf_export.py ...`: a weight file that cannot be exported is one line on stderr and exit status 2."""
-    try:
-        main(argv)
-    except (ValueError, OSError, RuntimeError, vifi_weights.pickle.UnpicklingError) as e:
-        print(f"hf_export.py: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

@@ -15,10 +15,8 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 import data
-import mixed_precision
-import paper_figures
-import run_files
-from video_index import DatasetError
+from data import DatasetError
+from plumbing import mixed_precision, paper_figures, run_files
 
 
 @torch.no_grad()
@@ -101,7 +99,7 @@ def unreadable_warnings(reports: dict) -> list:
     """Unreadable videos count as wrong; when they are more than a few, the accuracy says more about the files than
     about the model, and the run says so."""
     return [f"{name}: {r['unreadable']} of {r['videos']} videos unreadable, counted as wrong; check them with "
-            f"python check_dataset.py" for name, r in reports.items()
+            f"python -m tools.check_dataset" for name, r in reports.items()
             if r["unreadable"] > UNREADABLE_WARNING * r["videos"]]
 
 
@@ -116,7 +114,7 @@ def evaluate_splits(net, splits: list, cfg, rt, num_clips=1, num_crops=1) -> tup
                                        lambda: mixed_precision.autocast(rt.device, cfg.precision), bar)
         if reports[split.name]["unreadable"] == len(split.samples):  # an accuracy of 0 that says nothing: stop
             raise DatasetError(f"{split.name}: all {len(split.samples)} videos under {split.root} are unreadable; "
-                               f"check them with: python check_dataset.py ROOT LIST LABELS")
+                               f"check them with: python -m tools.check_dataset ROOT LIST LABELS")
     return reports, summarize(cfg.setting, reports)
 
 

@@ -20,10 +20,9 @@ from typing import Optional
 
 import torch
 
-import miniworld
-import tiny_clip
-from atomic_files import atomic_write
 from clip_model import OPENAI_METADATA_KEYS, CLIP, build_model, shorten
+from world import miniworld, tiny_clip
+from plumbing.atomic_files import atomic_write
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Loading: names, TorchScript archives, state dicts, Hugging Face checkpoints

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from atomic_files import atomic_write
 import vifi
+from plumbing.atomic_files import atomic_write
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: its commit goes in metrics.json
 
 
 class RunFileError(Exception):
@@ -176,7 +176,7 @@ def release_folders():
 def remove_stale_temporaries(out: str):
     """The temporary files a killed run was writing (a run writes its own anew): <path>.tmp of the files above."""
     for name in os.listdir(out):
-        if re.fullmatch(r"(last|best)\.pt\.tmp\d*|(log\.jsonl|config\.json|metrics\.json)\.tmp", name):
+        if re.fullmatch(r"(last\.pt|best\.pt|log\.jsonl|config\.json|metrics\.json)\.tmp", name):
             os.remove(os.path.join(out, name))
 
 
@@ -298,8 +298,8 @@ def set_rng_states(states: dict):
 def code_version() -> str:
     """The git commit the run's code came from ("-dirty" with uncommitted changes), for metrics.json."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                capture_output=True, text=True, timeout=10)
         return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):

@@ -34,9 +34,9 @@ never occur in captions; some classes differ only in motion (spinning vs standin
 their frames (growing vs shrinking), which mean pooling over frames cannot see at all (the paper's SSv2 case).
 
 Command line:
-  python miniworld.py generate [--reduced] [--root DIR]   write the video datasets (normally done on first use)
-  python miniworld.py show                                 print the datasets, classes and paths
-  python tiny_clip.py --out assets/tiny_clip_world.pt      pretrain the tiny CLIP (1600 steps, 1 thread)
+  python -m world.miniworld generate [--reduced] [--root DIR]  write the video datasets (normally done on first use)
+  python -m world.miniworld show                                print the datasets, classes and paths
+  python -m world.tiny_clip --out assets/tiny_clip_world.pt     pretrain the tiny CLIP (1600 steps, 1 thread)
 """
 import argparse
 import concurrent.futures
@@ -53,7 +53,7 @@ import time
 import av
 import numpy as np
 
-import protocols
+from plumbing import protocols
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The vocabulary of the world
@@ -981,7 +981,7 @@ WORLD = World()
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m world.miniworld", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="write the video datasets")
     g.add_argument("--root", default=None, help="cache folder (default $VIFI_CACHE or ~/.cache/vifi-clip)")

@@ -14,8 +14,8 @@ Two details matter at this size (measured):
     them into a constant for a while.
 
 Command line:
-  python tiny_clip.py --out assets/tiny_clip_world.pt   pretrain the tiny CLIP (1600 steps, 1 thread) and write it
-                                                        packed (the other flags: python tiny_clip.py --help)
+  python -m world.tiny_clip --out assets/tiny_clip_world.pt   pretrain the tiny CLIP (1600 steps, 1 thread) and
+                                                             write it packed (the other flags: --help)
 """
 import argparse
 import functools
@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 import clip_model
 import data
-import miniworld
-from atomic_files import atomic_write
 from tokenizer import default_tokenizer, tokenize
+from world import miniworld
+from plumbing.atomic_files import atomic_write
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The tiny CLIP
@@ -44,7 +44,8 @@ from tokenizer import default_tokenizer, tokenize
 TINY_CONFIG = dict(embed_dim=128, image_resolution=48, vision_layers=4, vision_width=128, vision_patch_size=8,
                    context_length=32, vocab_size=49408, transformer_width=128, transformer_heads=2,
                    transformer_layers=4)
-ASSET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny_clip_world.pt")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+ASSET = os.path.join(ROOT, "assets", "tiny_clip_world.pt")
 
 
 def token_table_init(seed: int, vocab_size: int = 49408, width: int = 128):
@@ -318,7 +319,7 @@ def tiny_clip_checkpoint(asset: str = ASSET) -> str:
     """Path of the tiny CLIP as a plain state dict file (OpenAI's names, torch.load(weights_only=True)), unpacked from
     the shipped asset into the cache on first use. clip_weights.load("miniworld-tiny") calls this."""
     if not os.path.isfile(asset):
-        raise FileNotFoundError(f"{asset} is missing; build it with: python tiny_clip.py --out {asset}")
+        raise FileNotFoundError(f"{asset} is missing; build it with: python -m world.tiny_clip --out {asset}")
     with open(asset, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:16]
     path = os.path.join(miniworld.cache_root(), f"tiny_clip_world-{digest}.pt")
@@ -336,8 +337,8 @@ def tiny_clip_checkpoint(asset: str = ASSET) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="pretrain the tiny CLIP on the world's caption corpus and write the "
-                                                 "packed checkpoint")
+    parser = argparse.ArgumentParser(prog="python -m world.tiny_clip", description="pretrain the tiny CLIP on the "
+                                     "world's caption corpus and write the packed checkpoint")
     parser.add_argument("--out", default=ASSET)
     parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch", type=int, default=128)

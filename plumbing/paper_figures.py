@@ -21,12 +21,12 @@ import functools
 import os
 from typing import Optional
 
-import clip_weights
 import prompts
-import protocols
 import vifi
+from plumbing import clip_weights, protocols
 
-FIGURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks", "paper_figures.csv")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+FIGURES = os.path.join(ROOT, "benchmarks", "paper_figures.csv")
 PAPER_DATASETS = ("k400", "hmdb51", "ucf101", "ssv2")  # the datasets the paper trains on
 BACKBONE = "ViT-B/16"
 PAPER_PROMPTS = {"fewshot": prompts.FEW_SHOT, "base2novel": prompts.BASE_TO_NOVEL}  # Tables 7 and 8

@@ -2,7 +2,7 @@
 
   the authors' released checkpoints   their ViFi-CLIP and prompt models (.pth), unpickled safely and renamed
   our own runs                        train.py's best.pt / last.pt (the trainable parameters, whole parts)
-  prompt checkpoints                  prompts.py's files (the prompts and a SHA-256 reference to the bridged model)
+  prompt checkpoints                  save_prompts' files (the prompts and a SHA-256 reference to the bridged model)
   OpenAI state dicts                  a CLIP in OpenAI's names (clip_weights.py reads every other CLIP format)
   Hugging Face folders                hf_export.py's (with their classes, templates, pixel statistics and prompts),
                                       or any openai/clip-vit-* folder (load_hugging_face)
@@ -46,10 +46,12 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 
 import clip_model
-import clip_weights
+import data
 import prompts as prompts_module
 from clip_model import CLIP, shorten
 from vifi import NORMALIZATIONS, ViFiCLIP
+from plumbing import clip_weights
+from plumbing.atomic_files import atomic_write
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Reading checkpoints that pickle more than tensors, safely
@@ -251,7 +253,7 @@ def _part(key: str) -> str:
 @torch.no_grad()
 def _load_checkpoint(model: ViFiCLIP, checkpoint, path: str) -> Loaded:
     own, normalization = model.state_dict(), None
-    if isinstance(checkpoint, dict) and checkpoint.get("format") == prompts_module.PROMPT_CHECKPOINT_FORMAT:
+    if isinstance(checkpoint, dict) and checkpoint.get("format") == PROMPT_CHECKPOINT_FORMAT:
         form, state_dict = "prompts", {f"prompts.{k}": v for k, v in checkpoint["prompts"].items()}
         required = [k for k in own if k.startswith("prompts.")]
     else:
@@ -303,12 +305,63 @@ def _load_base(ref: Union[str, CLIP]) -> tuple:
     return clip_weights.load(ref), "clip"
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Prompt checkpoints (bridge and prompt, Sec. 5): the prompts, their configuration, and which bridged model they belong to
+
+PROMPT_CHECKPOINT_FORMAT = "vifi-clip prompts v1"
+
+
+def base_reference(base_model: str) -> dict:
+    """What a prompt checkpoint records about the model the prompts were trained on: the name or path as given, and
+    its SHA-256 when it can be known without downloading (OpenAI's names carry it; files are hashed)."""
+    sha256 = None
+    if base_model in clip_weights._MODELS:
+        sha256 = clip_weights._MODELS[base_model].split("/")[-2]  # OpenAI's addresses are .../<sha256>/<file>
+    elif os.path.isfile(base_model):
+        sha256 = clip_weights.sha256_of(base_model)
+    return dict(ref=base_model, sha256=sha256)
+
+
+def save_prompts(path: str, learner: prompts_module.PromptLearner, base_model: str):
+    """Write the prompt tensors, the learner's configuration and a reference to the bridged model (base_reference),
+    atomically (atomic_files.py)."""
+    payload = dict(format=PROMPT_CHECKPOINT_FORMAT, config=learner.config(),
+                   prompts={k: v.detach().cpu().clone() for k, v in learner.state_dict().items()},
+                   base_model=base_reference(base_model))
+    with atomic_write(path) as f:
+        torch.save(payload, f)
+
+
+def read_prompts(path: str) -> dict:
+    """The content of a prompt checkpoint: dict(format, config, prompts, base_model). Loaded with
+    weights_only=True (tensors and plain containers only)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read a prompt checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != PROMPT_CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a prompt checkpoint (no format {PROMPT_CHECKPOINT_FORMAT!r})")
+    return payload
+
+
+def load_prompts(path: str, clip: CLIP) -> tuple:
+    """-> (prompts.PromptLearner for `clip` with the saved tensors, base_model reference dict). Strict: the saved
+    tensors must be exactly the learner's, with the learner's shapes."""
+    payload = read_prompts(path)
+    learner = prompts_module.PromptLearner(clip, **payload["config"])
+    try:
+        learner.load_state_dict(payload["prompts"], strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: prompts do not fit this CLIP: {e}") from None
+    return learner, payload["base_model"]
+
+
 def load_prompted(path: str, class_names: Sequence[str], base: Union[str, CLIP, None] = None, verify: bool = True,
                   **kwargs) -> ViFiCLIP:
-    """A ViFiCLIP from a prompt checkpoint (prompts.save_prompts): the bridged model it references (or `base`: a
+    """A ViFiCLIP from a prompt checkpoint (save_prompts): the bridged model it references (or `base`: a
     name, a path or a CLIP), with the saved prompts. When the reference recorded a SHA-256 and the base is a file,
     the file must match it (verify=False skips the check). kwargs go to ViFiCLIP (default train_mode="none")."""
-    payload = prompts_module.read_prompts(path)
+    payload = read_prompts(path)
     reference = payload["base_model"]
     base = reference["ref"] if base is None else base
     if verify and isinstance(base, str) and os.path.isfile(base) and reference.get("sha256"):
@@ -339,7 +392,6 @@ HF_PROMPTS_FILE = "prompts.safetensors"  # a prompt-learned model's prompts (Sec
 
 def _folder_normalization(folder: str) -> str:
     """The pixel statistics of a Hugging Face folder's preprocessor_config.json ("clip" when it has none, or others)."""
-    import data  # the statistics' values live with the data pipeline
     path = os.path.join(folder, "preprocessor_config.json")
     if not os.path.isfile(path):
         return "clip"
@@ -408,7 +460,7 @@ def load_model(ref: str, class_names: Optional[Sequence[str]] = None, base: Opti
       our best.pt ...   train.py's checkpoints, rebuilt from their run's configuration: its CLIP (or `base`), its
                         --init-from (the bridged model of a prompt run), its template, fusion and prompt settings
       the authors' .pth their released models; the token embeddings their files lack come from `base` (ViT-B/16)
-      a prompt file     prompts.save_prompts' checkpoint, on the bridged model it references (or `base`)
+      a prompt file     save_prompts' checkpoint, on the bridged model it references (or `base`)
       any other file    a CLIP as clip_weights.load reads it (OpenAI's archives, state dicts, safetensors)
 
     kwargs go to ViFiCLIP. Errors are ValueError / FileNotFoundError / RuntimeError whose one line names the file."""
@@ -427,7 +479,7 @@ def load_model(ref: str, class_names: Optional[Sequence[str]] = None, base: Opti
         raise
     except (pickle.UnpicklingError, RuntimeError, ValueError):  # TorchScript, safetensors...: clip_weights' job
         checkpoint = None
-    if isinstance(checkpoint, dict) and checkpoint.get("format") == prompts_module.PROMPT_CHECKPOINT_FORMAT:
+    if isinstance(checkpoint, dict) and checkpoint.get("format") == PROMPT_CHECKPOINT_FORMAT:
         return LoadedModel(load_prompted(ref, names, base=base, **kwargs), "prompts", None)
     entry = _model_entry(checkpoint) if isinstance(checkpoint, dict) else {}
     if is_authors_state_dict(entry):

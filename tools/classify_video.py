@@ -1,8 +1,8 @@
 """Rank class names for your own video from the command line: the README example's code path (vifi.classify).
 
-    python classify_video.py VIDEO_OR_FOLDER --classes dancing,swimming,cooking
+    python -m tools.classify_video VIDEO_OR_FOLDER --classes dancing,swimming,cooking
         --weights W       a CLIP name (default ViT-B/16: vanilla CLIP), our best.pt / last.pt, the authors' released
-                          .pth, a prompt checkpoint, or a folder hf_export.py wrote (vifi_weights.load_model)
+                          .pth, a prompt checkpoint, or a folder tools.export_hf wrote (vifi_weights.load_model)
         --base CLIP       the CLIP the authors' .pth take their token embeddings from (default ViT-B/16)
         --classes a,b,c   the class names to rank, or --labels FILE (a labels CSV "id,name", or one name a line);
                           an exported folder's own classes when neither is given
@@ -19,13 +19,14 @@ import argparse
 import json
 import os
 import sys
+from typing import Optional
 
 import torch
 
-import hf_export
+import data
 import vifi
-import vifi_weights
-from video_decoder import DECODE_ERRORS
+from plumbing import vifi_weights
+from plumbing.video_decoder import DECODE_ERRORS
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ogv")
 
@@ -47,8 +48,29 @@ def videos_of(path: str) -> list:
     return [path]
 
 
+def read_classes(classes: Optional[str], labels: Optional[str]) -> Optional[list]:
+    """--classes a,b,c or --labels FILE (a labels CSV "id,name", or one name a line) -> names, or None if neither."""
+    if classes is not None:
+        names = [c.strip() for c in classes.split(",") if c.strip()]
+        if not names:
+            raise ValueError("--classes: no class names (give them comma-separated: --classes dancing,swimming)")
+        return names
+    if labels is None:
+        return None
+    if not os.path.isfile(labels):
+        raise FileNotFoundError(f"--labels {labels}: no such file")
+    try:
+        return data.read_labels(labels)
+    except data.DatasetError:  # not a labels CSV: one name a line
+        with open(labels, encoding="utf-8-sig") as f:
+            names = [line.strip() for line in f if line.strip()]
+        if not names:
+            raise ValueError(f"--labels {labels}: no class names in the file") from None
+        return names
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="classify_video.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.classify_video", description=__doc__.split("\n\n")[0])
     parser.add_argument("video", help="a video file, or a folder of them")
     parser.add_argument("--weights", default="ViT-B/16", help="a CLIP name, our best.pt / last.pt, the authors' .pth, "
                                                               "a prompt checkpoint, an exported folder (default "
@@ -76,7 +98,7 @@ def main(argv=None) -> int:
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise UserError(f"--json {args.json}: no such folder")
     try:
-        classes = hf_export.read_classes(args.classes, args.labels)
+        classes = read_classes(args.classes, args.labels)
     except (ValueError, OSError) as e:
         raise UserError(str(e)) from None
     if classes is None and not os.path.isdir(args.weights):
@@ -93,7 +115,7 @@ def main(argv=None) -> int:
             ranked = vifi.classify(model, path, classes, num_frames=args.frames, templates=templates,
                                    precision=args.precision)
         except DECODE_ERRORS as e:
-            print(f"classify_video.py: error: {path}: unreadable video ({' '.join(str(e).split())})",
+            print(f"python -m tools.classify_video: error: {path}: unreadable video ({' '.join(str(e).split())})",
                   file=sys.stderr, flush=True)
             failed += 1
             continue
@@ -115,7 +137,7 @@ def cli(argv=None) -> int:
     try:
         return main(argv)
     except UserError as e:
-        print(f"classify_video.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"python -m tools.classify_video: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 
