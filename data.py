@@ -391,13 +391,6 @@ class VideoDataset(torch.utils.data.Dataset):
         """Call before iter(loader) each epoch: training augmentation is seeded from (seed, epoch, index)."""
         self._epoch[0] = epoch
 
-    def num_failures(self):
-        """Distinct unreadable videos met so far (the per-epoch count is the batches' ok flags)."""
-        return int(self._failed.sum())
-
-    def failed_videos(self):
-        return [self.samples[i][0] for i in torch.nonzero(self._failed).flatten().tolist()]
-
     def generator(self, index, step=0):
         """The training randomness of sample `index` this epoch (step > 0: its step-th replacement)."""
         seq = np.random.SeedSequence([self.seed, int(self._epoch[0]), index] + ([step] if step else []))

@@ -8,7 +8,6 @@ which lists each reads. --train both (ViFi-CLIP), image / text (CLIP image-FT / 
 Sec. 5, with --init-from a bridged model), none (vanilla CLIP). --out receives config.json, log.jsonl, metrics.json,
 last.pt and best.pt; --resume continues a run exactly (plumbing/run_files.py).
 """
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -18,7 +17,6 @@ import pickle
 import random
 import sys
 import time
-import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -30,15 +28,14 @@ from tqdm import tqdm
 
 import data
 import vifi
-from plumbing import clip_weights, evaluation, global_batches, mixed_precision, protocols, run_files, vifi_weights
+from plumbing import clip_weights, command_line, evaluation, global_batches, mixed_precision, protocols, run_files
+from plumbing import vifi_weights
 from world import miniworld
+
+flag = command_line.flag
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Configuration: every flag with its help; None means "the setting's default" (the tables below)
-
-
-def flag(default, help: str):
-    return field(default=default, metadata=dict(help=help))
 
 
 @dataclass
@@ -175,39 +172,14 @@ def resolve_defaults(cfg: Config) -> Config:
     return cfg
 
 
-def make_parser() -> argparse.ArgumentParser:
-    """Every Config field is a flag. Defaults are SUPPRESSed so that we know which flags were given (--resume compares
-    exactly those); --help lists each table default per setting."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     argument_default=argparse.SUPPRESS)
-    choices = dict(setting=list(REPORTED), dataset=list(DATASETS), train=list(vifi.TRAIN_MODES),
-                   fusion=list(vifi.FUSIONS), precision=["auto", "fp32", "bf16", "fp16"],
-                   augment=list(data.AUGMENTATIONS), normalization=list(data.NORMS), split=[1, 2, 3])
-    tables = {"": PAPER, "image/text-FT ": PAPER_BASELINES, "world ": WORLD, "prompts ": PROMPT_DEFAULTS}
-    for f in dataclasses.fields(Config):
-        shown = [f"{where}{setting} {table[setting][f.name]}" for where, table in tables.items()
-                 for setting in table if f.name in table[setting]]
-        default = "; ".join(shown) or (f.default if f.default not in (None, "", False) else "")
-        text = f.metadata["help"] + (f" (default: {default})" if default != "" else "")
-        if f.type is bool:
-            parser.add_argument("--" + f.name.replace("_", "-"), action="store_true", help=text)
-        elif f.name == "resume":
-            parser.add_argument("--resume", nargs="?", const="last.pt", metavar="LAST_PT", help=text)
-        else:
-            kind = positive_int if f.name == "k" else (typing.get_args(f.type) or [f.type])[0]
-            parser.add_argument("--" + f.name.replace("_", "-"), type=kind, choices=choices.get(f.name), help=text)
-    return parser
-
-
-def positive_int(text: str) -> int:
-    if int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return int(text)
-
-
 def parse_command_line(argv=None) -> tuple:
     """(Config with the defaults filled in, the names of the flags given on the command line)."""
-    given = vars(make_parser().parse_args(argv))
+    choices = dict(setting=list(PAPER)[1:], dataset=list(DATASETS), train=list(vifi.TRAIN_MODES),
+                   fusion=list(vifi.FUSIONS), precision=["auto", "fp32", "bf16", "fp16"],
+                   augment=list(data.AUGMENTATIONS), normalization=list(data.NORMS), split=[1, 2, 3], positive=["k"])
+    tables = {"": PAPER, "image/text-FT ": PAPER_BASELINES, "world ": WORLD, "prompts ": PROMPT_DEFAULTS}
+    parser = command_line.make_parser(Config, __doc__, tables, choices, optional_value=dict(resume="last.pt"))
+    given = vars(parser.parse_args(argv))
     return resolve_defaults(Config(**given)), set(given)
 
 

@@ -551,10 +551,11 @@ def test_training_replaces_bad_videos_and_counts(videos, caplog):
         clip, label, index, ok = ds[1]
         assert index == 4 and label == 4 % 3 and clip.shape == (8, 3, 32, 32)  # the next readable one
         assert ok is False  # flags the bad video; the stand-in is trained on
-        assert ds.num_failures() == 3
+        assert int(ds._failed.sum()) == 3
         ds[1], ds[2]  # known bad: not decoded or logged again
-    assert ds.num_failures() == 3  # distinct videos, however often they were met
-    assert sorted(ds.failed_videos()) == ["corrupt.mp4", "empty.mp4", "missing.mp4"]
+    assert int(ds._failed.sum()) == 3  # distinct videos, however often they were met
+    failed = sorted(ds.samples[i][0] for i in ds._failed.nonzero().flatten().tolist())  # the shared failure table
+    assert failed == ["corrupt.mp4", "empty.mp4", "missing.mp4"]
     assert not torch.equal(clip, ds[4][0])  # the stand-in is not a copy of sample 4's own clip
     assert len([r for r in caplog.records if "unreadable video" in r.getMessage()]) == 3
     all_bad = make_dataset(videos, ["missing", "empty"], train=True, max_retries=3)
@@ -595,7 +596,7 @@ def test_failure_count_and_epoch_cross_worker_processes(videos):
             for c, i, ok in zip(batch["clips"], batch["index"].tolist(), batch["ok"].tolist()):
                 if ok:
                     seen[(epoch, i)] = c
-        assert bad == 2 and ds.num_failures() == 2  # found inside the worker processes, counted once
+        assert bad == 2 and int(ds._failed.sum()) == 2  # found inside the worker processes, counted once
     ds.set_epoch(1)  # the workers used the epoch set in the main process
     assert torch.equal(seen[(1, 2)], ds[2][0]) and not torch.equal(seen[(0, 2)], seen[(1, 2)])
 
