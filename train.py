@@ -116,9 +116,8 @@ PROMPT_DEFAULTS = {  # --train prompts: their few-shot (10 tokens x depth 12) an
     # zero-shot and fully supervised have no prompting config of theirs and take base-to-novel's shape at few-shot's lr
     "fewshot": dict(lr=8e-3, n_ctx_text=10, n_ctx_vision=10, depth_text=12, depth_vision=12),
     "base2novel": dict(lr=4e-2, n_ctx_text=16, n_ctx_vision=16, depth_text=9, depth_vision=9),
-    "zeroshot": dict(lr=8e-3, n_ctx_text=16, n_ctx_vision=16, depth_text=9, depth_vision=9),
-    "fully": dict(lr=8e-3, n_ctx_text=16, n_ctx_vision=16, depth_text=9, depth_vision=9),
 }
+PROMPT_DEFAULTS["zeroshot"] = PROMPT_DEFAULTS["fully"] = dict(PROMPT_DEFAULTS["base2novel"], lr=8e-3)
 WORLD = {
     "common": dict(clip=miniworld.TINY_CLIP_NAME,  # the tiny CLIP pretrained on the world's stills
                    image_lr_scale=0.1,  # the text tower learns new words, the image tower only adapts
@@ -306,17 +305,6 @@ class Run:
     plan: Optional[global_batches.BatchPlan]  # None: evaluation only
 
 
-def derived(cfg: Config, rt: Runtime, plan) -> dict:
-    """The values computed from the configuration and the machine, in one place: precision, DataLoader workers and
-    the micro-batch (plan_batches)."""
-    cores = max(1, len(os.sched_getaffinity(0)) // rt.world_size)
-    default_workers = max(1, min(10, cores - 1)) if rt.device.type == "cuda" else 1
-    auto = cfg.precision == "auto"  # the authors train and evaluate in fp16 (apex O1); a CPU stays exact
-    return dict(precision=mixed_precision.training_precision(rt.device) if auto else cfg.precision,
-                workers=default_workers if cfg.workers is None else cfg.workers,
-                micro_batch=plan.micro if plan else cfg.micro_batch or cfg.max_micro_batch)
-
-
 def setup(cfg: Config, rt: Runtime, given: set) -> Run:
     """A failure is a UserError whose one line names the flag or the file."""
     try:
@@ -331,13 +319,20 @@ def setup(cfg: Config, rt: Runtime, given: set) -> Run:
         model = build_model(cfg, train_split.class_names, rt)
         plan = None if cfg.eval_only or cfg.train == "none" else global_batches.plan_batches(
             cfg.batch_size, cfg.micro_batch, cfg.max_micro_batch, rt.world_size, len(train_split.samples))
-        cfg = dataclasses.replace(cfg, **derived(cfg, rt, plan))
+        # the values derived from the configuration and the machine, in one place: precision (the authors train and
+        # evaluate in fp16, apex O1; a CPU stays exact), DataLoader workers, the micro-batch (plan_batches)
+        cores = max(1, len(os.sched_getaffinity(0)) // rt.world_size)
+        workers = max(1, min(10, cores - 1)) if rt.device.type == "cuda" else 1
+        cfg = dataclasses.replace(
+            cfg, precision=mixed_precision.training_precision(rt.device) if cfg.precision == "auto" else cfg.precision,
+            workers=workers if cfg.workers is None else cfg.workers,
+            micro_batch=plan.micro if plan else cfg.micro_batch or cfg.max_micro_batch)
     except INPUT_ERRORS as e:
         raise (e if isinstance(e, UserError) else UserError(str(e))) from e
     if rt.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # The compute threads and the DataLoader workers share the CPU cores. Oversubscribed, PyTorch's OpenMP
         # threads spin-wait on each other: measured on 2 cores, a training step went from 0.4 s to 5 s.
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // rt.world_size - cfg.workers))
+        torch.set_num_threads(max(1, cores - cfg.workers))
     return Run(cfg, checkpoint, train_split, evals, model, plan)
 
 
@@ -350,10 +345,9 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
     cfg, net, plan, train_split = run.cfg, run.model, run.plan, run.train_split  # `model` may wrap net (DDP, compile)
     run_files.hold_folder(cfg.out, rt)  # one run per --out: a second one stops here, before it writes anything
     log(rt, f"{cfg.setting} on {cfg.dataset}: {len(train_split.samples)} training videos, "
-            f"{len(train_split.class_names)} classes; trainable parameters "
-            f"{sum(p.numel() for p in vifi.trainable_parameters(net)):,}"
-            + (f"; the image tower's learning rate is {cfg.image_lr_scale:g} x --lr"
-               if cfg.image_lr_scale != 1 and cfg.train in ("both", "image") else ""))
+            f"{len(train_split.class_names)} classes; trainable parameters {sum(p.numel() for p in vifi.trainable_parameters(net)):,}"
+            + (f"; the image tower at {cfg.image_lr_scale:g} x --lr" if net.clip.visual.conv1.weight.requires_grad
+               and cfg.image_lr_scale != 1 else ""))
     run_files.on_main(rt, run_files.atomic_write_text, os.path.join(cfg.out, "config.json"),
                       json.dumps(dataclasses.asdict(cfg), indent=2))
     if plan is None:  # evaluation only
