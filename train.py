@@ -345,7 +345,8 @@ def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
     cfg, net, plan, train_split = run.cfg, run.model, run.plan, run.train_split  # `model` may wrap net (DDP, compile)
     run_files.hold_folder(cfg.out, rt)  # one run per --out: a second one stops here, before it writes anything
     log(rt, f"{cfg.setting} on {cfg.dataset}: {len(train_split.samples)} training videos, "
-            f"{len(train_split.class_names)} classes; trainable parameters {sum(p.numel() for p in vifi.trainable_parameters(net)):,}"
+            f"{len(train_split.class_names)} classes; trainable parameters "
+            f"{sum(p.numel() for p in vifi.trainable_parameters(net)):,}"
             + (f"; the image tower at {cfg.image_lr_scale:g} x --lr" if net.clip.visual.conv1.weight.requires_grad
                and cfg.image_lr_scale != 1 else ""))
     run_files.on_main(rt, run_files.atomic_write_text, os.path.join(cfg.out, "config.json"),
