@@ -144,6 +144,113 @@ RESUME_MAY_CHANGE = {"workers", "device", "out", "resume", "save_every", "max_st
 ADDED_FLAGS = {"image_lr_scale": 1.0}
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Training: the loop, from a batch to the optimizer step (the set-up it calls comes after it)
+
+
+def train(cfg: Config, rt: "Runtime", given=frozenset()) -> dict:
+    run = setup(cfg, rt, set(given))
+    cfg, net, plan, train_split = run.cfg, run.model, run.plan, run.train_split  # `model` may wrap net (DDP, compile)
+    run_files.hold_folder(cfg.out, rt)  # one run per --out: a second one stops here, before it writes anything
+    log(rt, f"{cfg.setting} on {cfg.dataset}: {len(train_split.samples)} training videos, "
+            f"{len(train_split.class_names)} classes; trainable parameters "
+            f"{sum(p.numel() for p in vifi.trainable_parameters(net)):,}"
+            + (f"; the image tower at {cfg.image_lr_scale:g} x --lr" if net.clip.visual.conv1.weight.requires_grad
+               and cfg.image_lr_scale != 1 else ""))
+    run_files.on_main(rt, run_files.atomic_write_text, os.path.join(cfg.out, "config.json"),
+                      json.dumps(dataclasses.asdict(cfg), indent=2))
+    if plan is None:  # evaluation only
+        return evaluation.write_metrics(cfg, rt, *evaluation.final_evaluation(net, run.evals, cfg, rt), history=[],
+                                        reported="the weights as loaded")
+
+    optimizer = torch.optim.AdamW(vifi.parameter_groups(net, cfg.lr, cfg.image_lr_scale), lr=cfg.lr,
+                                  betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay,
+                                  fused=rt.device.type == "cuda" or None)
+    theirs = authors_iterations(plan.batch, len(train_split.samples))  # the units their schedule counts in
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(
+        step, plan.steps_per_epoch, cfg.epochs, cfg.warmup_epochs, *theirs))
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.precision == "fp16")
+    model = net
+    if rt.distributed:
+        model = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    book = run_files.Bookkeeping(cfg, rt, net, optimizer, scheduler, scaler)  # last.pt, best.pt, log.jsonl
+    state = book.start(run.checkpoint)
+    if run.checkpoint is not None:
+        log(rt, f"resumed from {cfg.resume}: epoch {state.epoch}, step {state.step}")
+
+    dataset = train_split.dataset(cfg, train=True)
+    sampler = global_batches.GlobalBatchSampler(len(dataset), plan.batch, plan.micro, rt, cfg.seed)
+    if plan.batch < cfg.batch_size:  # a small K-shot set: one step per epoch with (nearly) every video, not no step
+        log(rt, f"note: {len(dataset)} training videos < batch {cfg.batch_size}; using batch {plan.batch}")
+    log(rt, f"batch {plan.batch} = {plan.micro} x {rt.world_size} processes x {plan.accumulation} accumulation; "
+            f"{plan.steps_per_epoch} steps/epoch, {cfg.epochs * plan.steps_per_epoch} steps")
+    # built once: its workers (data.loader: never forked from this process) start once and serve every epoch
+    loader = data.loader(dataset, plan.micro, cfg.workers, sampler, pin_memory=rt.device.type == "cuda")
+    mixing = cfg.mixup > 0 or cfg.cutmix > 0 or cfg.label_smoothing > 0
+    last_evaluation = None  # (reports, summary) of the current weights, if the last epoch evaluated them
+    for epoch in range(state.epoch, cfg.epochs):
+        last_evaluation = None
+        dataset.set_epoch(epoch)  # seeds the augmentation: (seed, epoch, video index)
+        sampler.set_epoch(epoch, start_step=state.step_in_epoch)
+        model.train()
+        loss_sum, micro_batches, unreadable, step_start = 0.0, 0, 0, time.time()  # this optimizer step's, so far
+        # a bar on the first process, in a terminal (None: tqdm leaves it out where the output is not one, e.g. a log)
+        for i, batch in enumerate(tqdm(loader, f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stdout,
+                                       disable=not rt.is_main or None)):
+            micro = i % plan.accumulation
+            clips = batch["clips"].to(rt.device, non_blocking=True)  # [m, T, 3, H, W]
+            labels = targets = batch["label"].to(rt.device, non_blocking=True)  # [m]
+            if mixing:  # seeded by the global micro-batch: the same mix on any number of processes, and after a resume
+                generator = torch.Generator().manual_seed(
+                    cfg.seed * 1_000_003 + sampler.global_micro_index(state.step, micro))
+                clips, targets = data.mixup_cutmix(clips, labels, len(train_split.class_names), cfg.mixup, cfg.cutmix,
+                                                   cfg.mixup_switch_prob, cfg.label_smoothing, generator=generator)
+            last_micro = micro == plan.accumulation - 1
+            # DDP all-reduces the gradients on the last micro-batch of a step only
+            with model.no_sync() if rt.distributed and not last_micro else contextlib.nullcontext():
+                with mixed_precision.autocast(rt.device, cfg.precision):
+                    logits = model(clips)  # [m, C], or [m*T, C] for image-level fusion in training
+                loss = net.loss(logits, targets)  # Eq. 1: cross-entropy of the cosine logits (soft targets: mixup)
+                scaler.scale(loss / plan.accumulation).backward()
+            loss_sum, micro_batches, unreadable = loss_sum + loss.item(), micro_batches + 1, \
+                unreadable + int((~batch["ok"]).sum())
+            if not last_micro:
+                continue
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            book.count_step(loss_sum, micro_batches, unreadable, time.time() - step_start)  # last.pt if --save-every
+            loss_sum, micro_batches, unreadable, step_start = 0.0, 0, 0, time.time()
+            if cfg.max_steps and state.step >= cfg.max_steps:
+                break
+        if state.step_in_epoch < plan.steps_per_epoch:  # stopped by --max-steps mid-epoch: resumable from here
+            book.save("last.pt")
+            break
+        record = book.finish_epoch(epoch, lr=scheduler.get_last_lr()[0])
+        if (cfg.eval_every and epoch % cfg.eval_every == 0) or epoch + 1 == cfg.epochs:  # as theirs: from the first
+            last_evaluation = evaluation.evaluate_splits(net, run.evals, cfg, rt)
+            record.update(summary=last_evaluation[1])
+            book.consider(last_evaluation, evaluation.headline(last_evaluation[1]), epoch)  # best.pt if the best
+            net.set_class_names(train_split.class_names)
+        book.log(record)  # the history, last.pt, then log.jsonl
+        if cfg.max_steps and state.step >= cfg.max_steps:
+            break
+    reports, summary = evaluation.final_evaluation(net, run.evals, cfg, rt, last_evaluation)
+    best = state.best_evaluation
+    if REPORTED[cfg.setting] == "best" and best and best["epoch"] != state.epoch:  # their "Max accuracy"
+        return evaluation.write_metrics(cfg, rt, best["reports"], best["summary"], state.history,
+                                        final=dict(reports=reports, summary=summary),
+                                        reported=f"the best of the evaluations, after epoch {best['epoch']}")
+    return evaluation.write_metrics(cfg, rt, reports, summary, state.history, reported="the final weights")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The command line
+
+
 def setting_defaults(cfg: Config) -> dict:
     """The defaults of cfg's setting, dataset and training mode: the tables above, later ones winning."""
     world = WORLD if cfg.dataset == "miniworld" else {}
@@ -334,109 +441,6 @@ def setup(cfg: Config, rt: Runtime, given: set) -> Run:
         # threads spin-wait on each other: measured on 2 cores, a training step went from 0.4 s to 5 s.
         torch.set_num_threads(max(1, cores - cfg.workers))
     return Run(cfg, checkpoint, train_split, evals, model, plan)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Training
-
-
-def train(cfg: Config, rt: Runtime, given=frozenset()) -> dict:
-    run = setup(cfg, rt, set(given))
-    cfg, net, plan, train_split = run.cfg, run.model, run.plan, run.train_split  # `model` may wrap net (DDP, compile)
-    run_files.hold_folder(cfg.out, rt)  # one run per --out: a second one stops here, before it writes anything
-    log(rt, f"{cfg.setting} on {cfg.dataset}: {len(train_split.samples)} training videos, "
-            f"{len(train_split.class_names)} classes; trainable parameters "
-            f"{sum(p.numel() for p in vifi.trainable_parameters(net)):,}"
-            + (f"; the image tower at {cfg.image_lr_scale:g} x --lr" if net.clip.visual.conv1.weight.requires_grad
-               and cfg.image_lr_scale != 1 else ""))
-    run_files.on_main(rt, run_files.atomic_write_text, os.path.join(cfg.out, "config.json"),
-                      json.dumps(dataclasses.asdict(cfg), indent=2))
-    if plan is None:  # evaluation only
-        return evaluation.write_metrics(cfg, rt, *evaluation.final_evaluation(net, run.evals, cfg, rt), history=[],
-                                        reported="the weights as loaded")
-
-    optimizer = torch.optim.AdamW(vifi.parameter_groups(net, cfg.lr, cfg.image_lr_scale), lr=cfg.lr,
-                                  betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay,
-                                  fused=rt.device.type == "cuda" or None)
-    theirs = authors_iterations(plan.batch, len(train_split.samples))  # the units their schedule counts in
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(
-        step, plan.steps_per_epoch, cfg.epochs, cfg.warmup_epochs, *theirs))
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.precision == "fp16")
-    model = net
-    if rt.distributed:
-        model = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    if cfg.compile:
-        model = torch.compile(model)
-    book = run_files.Bookkeeping(cfg, rt, net, optimizer, scheduler, scaler)  # last.pt, best.pt, log.jsonl
-    state = book.start(run.checkpoint)
-    if run.checkpoint is not None:
-        log(rt, f"resumed from {cfg.resume}: epoch {state.epoch}, step {state.step}")
-
-    dataset = train_split.dataset(cfg, train=True)
-    sampler = global_batches.GlobalBatchSampler(len(dataset), plan.batch, plan.micro, rt, cfg.seed)
-    if plan.batch < cfg.batch_size:  # a small K-shot set: one step per epoch with (nearly) every video, not no step
-        log(rt, f"note: {len(dataset)} training videos < batch {cfg.batch_size}; using batch {plan.batch}")
-    log(rt, f"batch {plan.batch} = {plan.micro} x {rt.world_size} processes x {plan.accumulation} accumulation; "
-            f"{plan.steps_per_epoch} steps/epoch, {cfg.epochs * plan.steps_per_epoch} steps")
-    # built once: its workers (data.loader: never forked from this process) start once and serve every epoch
-    loader = data.loader(dataset, plan.micro, cfg.workers, sampler, pin_memory=rt.device.type == "cuda")
-    mixing = cfg.mixup > 0 or cfg.cutmix > 0 or cfg.label_smoothing > 0
-    last_evaluation = None  # (reports, summary) of the current weights, if the last epoch evaluated them
-    for epoch in range(state.epoch, cfg.epochs):
-        last_evaluation = None
-        dataset.set_epoch(epoch)  # seeds the augmentation: (seed, epoch, video index)
-        sampler.set_epoch(epoch, start_step=state.step_in_epoch)
-        model.train()
-        loss_sum, micro_batches, unreadable, step_start = 0.0, 0, 0, time.time()  # this optimizer step's, so far
-        # a bar on the first process, in a terminal (None: tqdm leaves it out where the output is not one, e.g. a log)
-        for i, batch in enumerate(tqdm(loader, f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stdout,
-                                       disable=not rt.is_main or None)):
-            micro = i % plan.accumulation
-            clips = batch["clips"].to(rt.device, non_blocking=True)  # [m, T, 3, H, W]
-            labels = targets = batch["label"].to(rt.device, non_blocking=True)  # [m]
-            if mixing:  # seeded by the global micro-batch: the same mix on any number of processes, and after a resume
-                generator = torch.Generator().manual_seed(
-                    cfg.seed * 1_000_003 + sampler.global_micro_index(state.step, micro))
-                clips, targets = data.mixup_cutmix(clips, labels, len(train_split.class_names), cfg.mixup, cfg.cutmix,
-                                                   cfg.mixup_switch_prob, cfg.label_smoothing, generator=generator)
-            last_micro = micro == plan.accumulation - 1
-            # DDP all-reduces the gradients on the last micro-batch of a step only
-            with model.no_sync() if rt.distributed and not last_micro else contextlib.nullcontext():
-                with mixed_precision.autocast(rt.device, cfg.precision):
-                    logits = model(clips)  # [m, C], or [m*T, C] for image-level fusion in training
-                loss = net.loss(logits, targets)  # Eq. 1: cross-entropy of the cosine logits (soft targets: mixup)
-                scaler.scale(loss / plan.accumulation).backward()
-            loss_sum, micro_batches, unreadable = loss_sum + loss.item(), micro_batches + 1, \
-                unreadable + int((~batch["ok"]).sum())
-            if not last_micro:
-                continue
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            book.count_step(loss_sum, micro_batches, unreadable, time.time() - step_start)  # last.pt if --save-every
-            loss_sum, micro_batches, unreadable, step_start = 0.0, 0, 0, time.time()
-            if cfg.max_steps and state.step >= cfg.max_steps:
-                break
-        if state.step_in_epoch < plan.steps_per_epoch:  # stopped by --max-steps mid-epoch: resumable from here
-            book.save("last.pt")
-            break
-        record = book.finish_epoch(epoch, lr=scheduler.get_last_lr()[0])
-        if (cfg.eval_every and epoch % cfg.eval_every == 0) or epoch + 1 == cfg.epochs:  # as theirs: from the first
-            last_evaluation = evaluation.evaluate_splits(net, run.evals, cfg, rt)
-            record.update(summary=last_evaluation[1])
-            book.consider(last_evaluation, evaluation.headline(last_evaluation[1]), epoch)  # best.pt if the best
-            net.set_class_names(train_split.class_names)
-        book.log(record)  # the history, last.pt, then log.jsonl
-        if cfg.max_steps and state.step >= cfg.max_steps:
-            break
-    reports, summary = evaluation.final_evaluation(net, run.evals, cfg, rt, last_evaluation)
-    best = state.best_evaluation
-    if REPORTED[cfg.setting] == "best" and best and best["epoch"] != state.epoch:  # their "Max accuracy"
-        return evaluation.write_metrics(cfg, rt, best["reports"], best["summary"], state.history,
-                                        final=dict(reports=reports, summary=summary),
-                                        reported=f"the best of the evaluations, after epoch {best['epoch']}")
-    return evaluation.write_metrics(cfg, rt, reports, summary, state.history, reported="the final weights")
 
 
 def main(argv=None) -> dict:
