@@ -9,6 +9,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -441,9 +442,12 @@ def test_a_full_disk_stops_every_process_of_a_distributed_run(world, random_tiny
                             env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT))
     line = (f"train.py: error: cannot write {out}/last.pt: No space left on device; no checkpoint was written yet: "
             f"free space and start the run again")  # the first checkpoint: epoch 1 ends before any evaluation
-    # each process says it once (their lines may interleave on the shared stderr) and ends with status 1
-    assert result.returncode != 0 and result.stderr.count(line) == 2, result.stderr[-3000:]
-    assert result.stderr.count("exitcode  : 1 ") == 2, result.stderr[-3000:]
+    # each process says it once (their lines may interleave on the shared stderr) and ends with status 1, unless
+    # torchrun, seeing the first end, stopped the other before it printed (SIGTERM, exit code -15): no process hangs,
+    # none fails otherwise
+    assert result.returncode != 0 and 1 <= result.stderr.count(line) <= 2, result.stderr[-3000:]
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", result.stderr)
+    assert codes and set(codes) <= {"1", "-15"}, result.stderr[-3000:]
     assert "Connection closed" not in result.stderr and not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
