@@ -126,7 +126,7 @@ def b16():
     return perturbed_clip(VIT_B16)
 
 
-@pytest.mark.parametrize("shape, norm, scale", [("ViT-B/16", "clip", None),
+@pytest.mark.parametrize("shape, norm, scale", [pytest.param("ViT-B/16", "clip", None, marks=pytest.mark.slow),
                                                pytest.param("ViT-B/16", "imagenet", None, marks=pytest.mark.slow),
                                                ("small", "clip", None), ("small", "imagenet", None),
                                                ("small", "clip", 100.0)])
