@@ -282,9 +282,10 @@ def parse_command_line(argv=None) -> tuple:
     """(Config with the defaults filled in, the names of the flags given on the command line)."""
     choices = dict(setting=list(PAPER)[1:], dataset=list(DATASETS), train=list(vifi.TRAIN_MODES),
                    fusion=list(vifi.FUSIONS), precision=["auto", "fp32", "bf16", "fp16"],
-                   augment=list(data.AUGMENTATIONS), normalization=list(data.NORMS), split=[1, 2, 3], positive=["k"])
+                   augment=list(data.AUGMENTATIONS), normalization=list(data.NORMS), split=[1, 2, 3])
     tables = {"": PAPER, "image/text-FT ": PAPER_BASELINES, "world ": WORLD, "prompts ": PROMPT_DEFAULTS}
-    parser = command_line.make_parser(Config, __doc__, tables, choices, optional_value=dict(resume="last.pt"))
+    parser = command_line.make_parser(Config, __doc__, tables, choices, optional_value=dict(resume="last.pt"),
+                                      positive=("k",))
     given = vars(parser.parse_args(argv))
     return resolve_defaults(Config(**given)), set(given)
 

@@ -17,11 +17,12 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
-def make_parser(config_class, description: str, tables: dict, choices: dict,
-                optional_value: dict = None) -> argparse.ArgumentParser:
+def make_parser(config_class, description: str, tables: dict, choices: dict, optional_value: dict = None,
+                positive: tuple = ()) -> argparse.ArgumentParser:
     """An ArgumentParser with a flag per field of config_class. Defaults are SUPPRESSed, so that the parsed namespace
     holds exactly the flags given (a resumed run compares those). tables: {prefix: {setting: {field: value}}}, shown
-    in each flag's help; choices: {field: allowed values}; optional_value: {field: the value of the bare flag}."""
+    in each flag's help; choices: {field: allowed values}; optional_value: {field: the value of the bare flag};
+    positive: fields that take a positive integer."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
     for f in dataclasses.fields(config_class):
@@ -37,6 +38,6 @@ def make_parser(config_class, description: str, tables: dict, choices: dict,
             parser.add_argument(name, nargs="?", const=const, metavar=const.upper().replace(".", "_"), help=text)
         else:
             kind = (typing.get_args(f.type) or [f.type])[0]
-            kind = positive_int if f.name in choices.get("positive", ()) else kind
+            kind = positive_int if f.name in positive else kind
             parser.add_argument(name, type=kind, choices=choices.get(f.name), help=text)
     return parser
