@@ -5,9 +5,15 @@
   run(name, *argv)
                 `python train.py argv --out runs/notebooks/<notebook>/<name>` in the notebook's own process: the
                 metrics dict train.main returns (runs/ is git-ignored)
+  run_shared(*argv)
+                the same, trained once for every notebook that runs the same command (the bridged model of notebooks
+                3, 7, 8 and 9): reused while the command and the method files stay the same
   check(condition, sentence)
                 a claim the notebook's text makes, tested against this run's outputs: printed when it holds, an
-                error (which fails tests/test_notebooks.py) when it does not
+                error (which fails tests/test_notebooks.py) when it does not. Every check() of a notebook sits in a
+                function claims_<what>(r) of the numbers it judges, called on this run's numbers;
+                tests/test_notebook_claims.py feeds each such function numbers for which its sentences are false
+                and requires every check() in it to fail on one of them
   change(before, after)
                 words for a measured change ("rises from 16.2% to 24.6%"), for sentences computed from results
 
@@ -63,6 +69,31 @@ def run(name: str, *argv) -> dict:
     metrics = train.main(argv)
     print(f"[{time.time() - start:.0f} s]")
     return metrics
+
+
+def run_shared(*argv) -> dict:
+    """run(), trained once for all notebooks: the run of the same command, with the same method files, is reused
+    (runs/notebooks/shared/<hash>/; metrics.json, written last, marks a finished run). The metrics dict, with "out":
+    the run's folder (best.pt, last.pt)."""
+    import hashlib
+    import json
+    argv = [str(a) for a in argv]
+    key = hashlib.sha256(json.dumps(argv).encode())
+    for name in ("tokenizer.py", "clip_model.py", "prompts.py", "vifi.py", "data.py", "train.py"):
+        with open(os.path.join(ROOT, name), "rb") as f:
+            key.update(f.read())
+    out = os.path.join(ROOT, "runs", "notebooks", "shared", key.hexdigest()[:16])
+    if os.path.isfile(os.path.join(out, "metrics.json")):
+        print("$ python train.py", " ".join(argv), f"(trained by an earlier notebook: {os.path.relpath(out, ROOT)})")
+        with open(os.path.join(out, "metrics.json")) as f:
+            return dict(json.load(f), out=out)
+    import train
+    shutil.rmtree(out, ignore_errors=True)  # an unfinished earlier attempt
+    print("$ python train.py", " ".join(argv + ["--out", os.path.relpath(out, ROOT)]))
+    start = time.time()
+    metrics = train.main(argv + ["--out", out])
+    print(f"[{time.time() - start:.0f} s]")
+    return dict(metrics, out=out)
 
 
 class ClaimNotShown(AssertionError):
