@@ -6,8 +6,9 @@
                 `python train.py argv --out runs/notebooks/<notebook>/<name>` in the notebook's own process: the
                 metrics dict train.main returns (runs/ is git-ignored)
   run_shared(*argv)
-                the same, trained once for every notebook that runs the same command (the bridged model of notebooks
-                3, 7, 8 and 9): reused while the command and the method files stay the same
+                the same, trained once for every notebook that runs the same command: reused while the command and
+                the method files stay the same
+  bridge(clip)  the bridged model notebooks 3, 7, 8 and 9 share (ViFi-CLIP trained on toy-k400), through run_shared
   check(condition, sentence)
                 a claim the notebook's text makes, tested against this run's outputs: printed when it holds, an
                 error (which fails tests/test_notebooks.py) when it does not. Every check() of a notebook sits in a
@@ -94,6 +95,14 @@ def run_shared(*argv) -> dict:
     metrics = train.main(argv + ["--out", out])
     print(f"[{time.time() - start:.0f} s]")
     return dict(metrics, out=out)
+
+
+def bridge(clip: str) -> dict:
+    """The bridged model that notebooks 3, 7, 8 and 9 share: ViFi-CLIP fine-tuned on toy-k400 (the zero-shot setting,
+    the world's defaults), trained by the first of them and reused by the others (run_shared). The metrics dict, with
+    "out" and "checkpoint" (its last.pt: the zero-shot setting reports the final weights)."""
+    metrics = run_shared("--setting", "zeroshot", "--clip", clip, "--dataset", "miniworld", "--train", "both")
+    return dict(metrics, checkpoint=os.path.join(metrics["out"], "last.pt"))
 
 
 class ClaimNotShown(AssertionError):
