@@ -259,8 +259,7 @@ class CLIP(nn.Module):
 
         The text transformer is causal, so the output at the end token depends only on the tokens up to it: the
         sequence is cut after the batch's last end token, and the last layer computes the end token only (see
-        block_at). Same result as running all 77 positions; 8.7x faster on the 51 HMDB-51 class prompts (11 positions
-        of 77; benchmarks/bench_clip.py).
+        block_at). Same result as running all 77 positions, in less time (benchmarks/README.md).
         prompts ([n_ctx, W]) are inserted after the start token, which moves the end tokens n_ctx positions on; the
         longest prompted text must still fit in context_length.
         """

@@ -219,13 +219,18 @@ def sample_indices(num_frames, T, mode="train", generator=None, num_clips=1):
 # Transforms (Appendix D). A plan fixes one geometry for a whole clip (and a colour change per frame), as crop boxes
 # in the decoded frame resized straight to input_size^2: "resize the short side, then crop", touching only kept pixels.
 
+def resized_short_side(input_size: int) -> int:
+    """The short side a frame is resized to before cropping: 256 for 224, scaled with input_size (384 for 336)."""
+    return int(256 / 224 * input_size)
+
+
 def eval_plan(w, h, input_size=224, num_crops=1):
     """Evaluation geometry for a w x h video: short side to 256 (scaled with input_size, e.g. 384 for 336) then a
     centre crop of input_size; or, with num_crops=3, short side to input_size and three crops along the long side
     (start, centre, end). Returns dict(size=input_size, crops=[(x, y, cw, ch)] in source pixels)."""
     m = min(w, h)
     if num_crops == 1:
-        c = min(m, round(input_size * m / int(256 / 224 * input_size)))  # the crop, in source pixels
+        c = min(m, round(input_size * m / resized_short_side(input_size)))  # the crop, in source pixels
         return dict(size=input_size, crops=[((w - c) // 2, (h - c) // 2, c, c)])
     if num_crops == 3:
         L = max(w, h)
@@ -252,7 +257,7 @@ def train_plan(w, h, input_size=224, generator=None, augment="paper", frames=1):
         return dict(eval_plan(w, h, input_size), flip=False, jitter=None, gray=False)
     g = generator
     rand = lambda: float(torch.rand((), generator=g))
-    r = int(256 / 224 * input_size) / min(w, h)  # source -> resized-to-256 scale
+    r = resized_short_side(input_size) / min(w, h)  # source -> resized-to-256 scale
     W1, H1 = round(w * r), round(h * r)
     sizes = [int(min(W1, H1) * s) for s in SCALES]
     sizes = [input_size if abs(x - input_size) < 3 else x for x in sizes]

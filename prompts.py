@@ -23,10 +23,10 @@ Initialisation, as in the authors' code (their trainers/vificlip.py and clip/mod
 Note that with the authors' base-to-novel setting (16 tokens, CTX_INIT "a photo of a") the words do not fit, so
 their code (and this one) starts from random tokens there.
 
-Presets from the authors' configs: FEW_SHOT (10 tokens, depth 12, both towers) and BASE_TO_NOVEL (16 tokens,
-depth 9). Prompt checkpoints, which hold only the prompt tensors, the configuration and a reference to the bridged
-model they were trained on (kilobytes, never CLIP's weights, never anything that depends on the class names), are
-written and read beside the other weight files: vifi_weights.py's save_prompts / load_prompts.
+The authors' configs, train.py's prompt defaults: FEW_SHOT (10 tokens, depth 12, both towers) and BASE_TO_NOVEL (16
+tokens, depth 9). Prompt checkpoints (kilobytes: the prompt tensors, the configuration and a reference to the bridged
+model they were trained on, never CLIP's weights nor anything that depends on the class names) are written and read
+beside the other weight files: plumbing/vifi_weights.py's save_prompts / load_prompts.
 """
 from typing import Optional
 
@@ -37,7 +37,7 @@ import clip_model
 from tokenizer import default_tokenizer, tokenize
 
 FEW_SHOT = dict(n_ctx_text=10, depth_text=12, n_ctx_vision=10, depth_vision=12)
-BASE_TO_NOVEL = dict(n_ctx_text=16, depth_text=9, n_ctx_vision=16, depth_vision=9, ctx_init="a photo of a")
+BASE_TO_NOVEL = dict(n_ctx_text=16, depth_text=9, n_ctx_vision=16, depth_vision=9)
 
 
 class PromptLearner(nn.Module):

@@ -13,11 +13,9 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import random
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -27,12 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import data
+import prompts
 import vifi
 from plumbing import clip_weights, command_line, evaluation, global_batches, mixed_precision, protocols, run_files
 from plumbing import vifi_weights
+from plumbing.global_batches import Runtime
 from world import miniworld
 
-flag = command_line.flag
+flag, UserError, INPUT_ERRORS = command_line.flag, command_line.UserError, command_line.INPUT_ERRORS
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Configuration: every flag with its help; None means "the setting's default" (the tables below)
@@ -112,11 +112,9 @@ PAPER = {
     "fully": dict(frames=16, epochs=30, batch_size=512, lr=22e-6, num_clips=4, num_crops=3),  # Table 4: 4 x 3 views
 }
 PAPER_BASELINES = {"fully": dict(batch_size=256, lr=8e-6)}  # their fully supervised image-FT and text-FT configs
-PROMPT_DEFAULTS = {  # --train prompts: their few-shot (10 tokens x depth 12) and base-to-novel (16 x 9) configs;
-    # zero-shot and fully supervised have no prompting config of theirs and take base-to-novel's shape at few-shot's lr
-    "fewshot": dict(lr=8e-3, n_ctx_text=10, n_ctx_vision=10, depth_text=12, depth_vision=12),
-    "base2novel": dict(lr=4e-2, n_ctx_text=16, n_ctx_vision=16, depth_text=9, depth_vision=9),
-}
+PROMPT_DEFAULTS = {  # --train prompts: their few-shot and base-to-novel configs (tokens and depths: prompts.py)
+    "fewshot": dict(prompts.FEW_SHOT, lr=8e-3), "base2novel": dict(prompts.BASE_TO_NOVEL, lr=4e-2)}
+# zero-shot and fully supervised have no prompting config of theirs: base-to-novel's shape at few-shot's lr
 PROMPT_DEFAULTS["zeroshot"] = PROMPT_DEFAULTS["fully"] = dict(PROMPT_DEFAULTS["base2novel"], lr=8e-3)
 WORLD = {
     "common": dict(clip=miniworld.TINY_CLIP_NAME,  # the tiny CLIP pretrained on the world's stills
@@ -138,18 +136,13 @@ WORLD = {
 REPORTED = {"fewshot": "best", "base2novel": "best", "zeroshot": "final", "fully": "final"}
 # A dataset is an object with splits(cfg) -> (training Split, [evaluation Splits]) (protocols.py).
 DATASETS = dict(protocols.PAPER_DATASETS, miniworld=miniworld.WORLD)
-# Flags that cannot change what a resumed run computes, so they may differ from the interrupted run's.
-RESUME_MAY_CHANGE = {"workers", "device", "out", "resume", "save_every", "max_steps", "grad_checkpointing", "compile"}
-# Flags added after runs were saved, with the value such a run ran with (a resume restores it).
-ADDED_FLAGS = {"image_lr_scale": 1.0}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Training: the loop, from a batch to the optimizer step (the set-up it calls comes after it)
 
 
-def train(cfg: Config, rt: "Runtime", given=frozenset()) -> dict:
-    run = setup(cfg, rt, set(given))
+def train(run: "Run", rt: "Runtime") -> dict:
     cfg, net, plan, train_split = run.cfg, run.model, run.plan, run.train_split  # `model` may wrap net (DDP, compile)
     run_files.hold_folder(cfg.out, rt)  # one run per --out: a second one stops here, before it writes anything
     log(rt, f"{cfg.setting} on {cfg.dataset}: {len(train_split.samples)} training videos, "
@@ -166,7 +159,7 @@ def train(cfg: Config, rt: "Runtime", given=frozenset()) -> dict:
     optimizer = torch.optim.AdamW(vifi.parameter_groups(net, cfg.lr, cfg.image_lr_scale), lr=cfg.lr,
                                   betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay,
                                   fused=rt.device.type == "cuda" or None)
-    theirs = authors_iterations(plan.batch, len(train_split.samples))  # the units their schedule counts in
+    theirs = global_batches.authors_iterations(plan.batch, len(train_split.samples))  # the units their schedule counts in
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(
         step, plan.steps_per_epoch, cfg.epochs, cfg.warmup_epochs, *theirs))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.precision == "fp16")
@@ -176,9 +169,7 @@ def train(cfg: Config, rt: "Runtime", given=frozenset()) -> dict:
     if cfg.compile:
         model = torch.compile(model)
     book = run_files.Bookkeeping(cfg, rt, net, optimizer, scheduler, scaler)  # last.pt, best.pt, log.jsonl
-    state = book.start(run.checkpoint)
-    if run.checkpoint is not None:
-        log(rt, f"resumed from {cfg.resume}: epoch {state.epoch}, step {state.step}")
+    state = book.start(run.checkpoint)  # a new run's state, or the interrupted run's (--resume)
 
     dataset = train_split.dataset(cfg, train=True)
     sampler = global_batches.GlobalBatchSampler(len(dataset), plan.batch, plan.micro, rt, cfg.seed)
@@ -195,7 +186,6 @@ def train(cfg: Config, rt: "Runtime", given=frozenset()) -> dict:
         dataset.set_epoch(epoch)  # seeds the augmentation: (seed, epoch, video index)
         sampler.set_epoch(epoch, start_step=state.step_in_epoch)
         model.train()
-        loss_sum, micro_batches, unreadable, step_start = 0.0, 0, 0, time.time()  # this optimizer step's, so far
         # a bar on the first process, in a terminal (None: tqdm leaves it out where the output is not one, e.g. a log)
         for i, batch in enumerate(tqdm(loader, f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stdout,
                                        disable=not rt.is_main or None)):
@@ -214,16 +204,14 @@ def train(cfg: Config, rt: "Runtime", given=frozenset()) -> dict:
                     logits = model(clips)  # [m, C], or [m*T, C] for image-level fusion in training
                 loss = net.loss(logits, targets)  # Eq. 1: cross-entropy of the cosine logits (soft targets: mixup)
                 scaler.scale(loss / plan.accumulation).backward()
-            loss_sum, micro_batches, unreadable = loss_sum + loss.item(), micro_batches + 1, \
-                unreadable + int((~batch["ok"]).sum())
+            book.count_micro_batch(loss.item(), batch["ok"])  # the step's loss and unreadable videos
             if not last_micro:
                 continue
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            book.count_step(loss_sum, micro_batches, unreadable, time.time() - step_start)  # last.pt if --save-every
-            loss_sum, micro_batches, unreadable, step_start = 0.0, 0, 0, time.time()
+            book.count_step()  # the epoch's sums, last.pt if --save-every
             if cfg.max_steps and state.step >= cfg.max_steps:
                 break
         if state.step_in_epoch < plan.steps_per_epoch:  # stopped by --max-steps mid-epoch: resumable from here
@@ -238,146 +226,8 @@ def train(cfg: Config, rt: "Runtime", given=frozenset()) -> dict:
         book.log(record)  # the history, last.pt, then log.jsonl
         if cfg.max_steps and state.step >= cfg.max_steps:
             break
-    reports, summary = evaluation.final_evaluation(net, run.evals, cfg, rt, last_evaluation)
-    best = state.best_evaluation
-    if REPORTED[cfg.setting] == "best" and best and best["epoch"] != state.epoch:  # their "Max accuracy"
-        return evaluation.write_metrics(cfg, rt, best["reports"], best["summary"], state.history,
-                                        final=dict(reports=reports, summary=summary),
-                                        reported=f"the best of the evaluations, after epoch {best['epoch']}")
-    return evaluation.write_metrics(cfg, rt, reports, summary, state.history, reported="the final weights")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The command line
-
-
-def setting_defaults(cfg: Config) -> dict:
-    """The defaults of cfg's setting, dataset and training mode: the tables above, later ones winning."""
-    world = WORLD if cfg.dataset == "miniworld" else {}
-    defaults = {**PAPER["common"], **PAPER[cfg.setting]}
-    if cfg.train in ("image", "text"):
-        defaults.update(PAPER_BASELINES.get(cfg.setting, {}))
-    defaults.update(world.get("common", {}))
-    defaults.update(world.get(cfg.setting, {}))
-    if cfg.train == "prompts":
-        defaults.update(PROMPT_DEFAULTS[cfg.setting], **world.get("prompts", {}))
-        defaults.update(template="")  # vifi.py's choice: the learned text tokens stand where "a photo of a" stood
-    else:  # vanilla CLIP is evaluated as the authors report it, with the bare class name
-        vanilla = cfg.train == "none" and not cfg.init_from
-        defaults.update(n_ctx_text=0, n_ctx_vision=0, depth_text=0, depth_vision=0,
-                        template=vifi.ZERO_SHOT_TEMPLATE if vanilla else vifi.FINETUNE_TEMPLATE)
-    return defaults
-
-
-def resolve_defaults(cfg: Config) -> Config:
-    """Fill cfg's unset fields from setting_defaults. The pixel statistics of a run --init-from weights are left to
-    build_model: those the weights were trained with, where their file says."""
-    for name, value in setting_defaults(cfg).items():
-        if getattr(cfg, name) is None and not (name == "normalization" and cfg.init_from):
-            setattr(cfg, name, value)
-    return cfg
-
-
-def parse_command_line(argv=None) -> tuple:
-    """(Config with the defaults filled in, the names of the flags given on the command line)."""
-    choices = dict(setting=list(PAPER)[1:], dataset=list(DATASETS), train=list(vifi.TRAIN_MODES),
-                   fusion=list(vifi.FUSIONS), precision=["auto", "fp32", "bf16", "fp16"],
-                   augment=list(data.AUGMENTATIONS), normalization=list(data.NORMS), split=[1, 2, 3])
-    tables = {"": PAPER, "image/text-FT ": PAPER_BASELINES, "world ": WORLD, "prompts ": PROMPT_DEFAULTS}
-    parser = command_line.make_parser(Config, __doc__, tables, choices, optional_value=dict(resume="last.pt"),
-                                      positive=("k",))
-    given = vars(parser.parse_args(argv))
-    return resolve_defaults(Config(**given)), set(given)
-
-
-def parse_args(argv=None) -> Config:
-    return parse_command_line(argv)[0]
-
-
-class UserError(ValueError):
-    """A mistake in the command line or the input files: reported in one line, without a traceback."""
-
-
-# What reading the user's input raises (our checks, and files or weights that fail to load). During setup these are the
-# user's to fix, so the command line prints them as one line.
-INPUT_ERRORS = (ValueError, OSError, RuntimeError, pickle.UnpicklingError)
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Processes: one per device under torchrun, or a single plain process
-
-
-@dataclass
-class Runtime:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    is_main: bool = True
-    distributed: bool = False
-
-
-def setup_runtime(cfg: Config) -> Runtime:
-    """Read torchrun's environment; nccl on GPUs, gloo on CPUs. A plain `python train.py` is one process."""
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device == torch.device("cuda"):
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(rank, world_size, device, rank == 0, world_size > 1)
-
-
-def log(rt: Runtime, *args):
-    if rt.is_main:
-        print(*args, flush=True)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The model and its data
-
-
-def build_splits(cfg: Config) -> tuple:
-    """(training Split, [evaluation Splits]) of the setting on the dataset, every list checked against its folder."""
-    return DATASETS[cfg.dataset].splits(cfg)
-
-
-def build_model(cfg: Config, class_names: list, rt: Runtime) -> vifi.ViFiCLIP:
-    """The ViFiCLIP of cfg. What only the weights can say is filled into cfg here, where they are read: the input size
-    (the CLIP's resolution) and, with --init-from, the pixel statistics they were trained with."""
-    clip = clip_weights.load(cfg.clip)
-    if cfg.input_size is None:
-        cfg.input_size = clip.visual.input_resolution
-    model = vifi.ViFiCLIP(clip, class_names, fusion=cfg.fusion, train_mode=cfg.train, templates=cfg.template or None,
-                          n_ctx_text=cfg.n_ctx_text, n_ctx_vision=cfg.n_ctx_vision, depth_text=cfg.depth_text,
-                          depth_vision=cfg.depth_vision)
-    if cfg.init_from:
-        if not os.path.isfile(cfg.init_from):
-            raise UserError(f"--init-from {cfg.init_from}: no such file")
-        try:
-            loaded = vifi_weights.load_weights(model, cfg.init_from)
-        except INPUT_ERRORS as e:  # each names the file: "--init-from x.pt is truncated or corrupt ..."
-            raise UserError(f"--init-from {e}") from e
-        # "imagenet" for the authors' released weights, the run's own for ours, else the setting's
-        cfg.normalization = cfg.normalization or loaded.normalization or setting_defaults(cfg)["normalization"]
-    model.normalization = cfg.normalization
-    model.clip.set_grad_checkpointing(cfg.grad_checkpointing)
-    return model.to(rt.device)
-
-
-# The authors' layout, in whose units their schedule counts: 4 videos per GPU on 8 GPUs, the rest of the batch by
-# gradient accumulation (their configs: BATCH_SIZE 4, ACCUMULATION_STEPS = batch / 32).
-AUTHORS_GPUS, AUTHORS_GPU_BATCH = 8, 4
-
-
-def authors_iterations(batch: int, num_videos: int) -> tuple:
-    """(micro-batches per optimizer step, micro-batches per epoch) of one of the authors' 8 processes for this batch
-    (their DistributedSampler pads the videos to a multiple of 8; their loader drops an incomplete micro-batch). A batch
-    their layout cannot hold (not a multiple of 32, e.g. the embedded world's 8) counts one iteration per step."""
-    per_iteration = AUTHORS_GPUS * AUTHORS_GPU_BATCH
-    if batch % per_iteration:
-        return 1, num_videos // batch
-    return batch // per_iteration, -(-num_videos // AUTHORS_GPUS) // AUTHORS_GPU_BATCH
+    final = evaluation.final_evaluation(net, run.evals, cfg, rt, last_evaluation)  # multi-view for fully
+    return evaluation.report(cfg, rt, final, state, best_reported=REPORTED[cfg.setting] == "best")
 
 
 def lr_multiplier(step: int, steps_per_epoch: int, epochs: int, warmup_epochs: float, accumulation: int = 1,
@@ -399,7 +249,107 @@ def lr_multiplier(step: int, steps_per_epoch: int, epochs: int, warmup_epochs: f
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Setup: everything that can fail on the user's input, before compute is spent
+# The command line: the tables above, then the flags given
+
+
+def setting_defaults(cfg: Config) -> dict:
+    """The defaults of cfg's setting, dataset and training mode: the tables above, later ones winning."""
+    world = WORLD if cfg.dataset == "miniworld" else {}
+    defaults = {**PAPER["common"], **PAPER[cfg.setting]}
+    if cfg.train in ("image", "text"):
+        defaults.update(PAPER_BASELINES.get(cfg.setting, {}))
+    defaults.update(world.get("common", {}))
+    defaults.update(world.get(cfg.setting, {}))
+    if cfg.train == "prompts":
+        defaults.update(PROMPT_DEFAULTS[cfg.setting], **world.get("prompts", {}))
+        defaults.update(template="")  # vifi.py's choice: the learned text tokens stand where "a photo of a" stood
+    else:  # vanilla CLIP is evaluated as the authors report it, with the bare class name
+        vanilla = cfg.train == "none" and not cfg.init_from
+        defaults.update(n_ctx_text=0, n_ctx_vision=0, depth_text=0, depth_vision=0,
+                        template=vifi.ZERO_SHOT_TEMPLATE if vanilla else vifi.FINETUNE_TEMPLATE)
+    return defaults
+
+
+def parse_command_line(argv=None) -> tuple:
+    """(Config with the setting's defaults filled in, the names of the flags given on the command line). The pixel
+    statistics of a run --init-from weights are left to derive: those the weights were trained with, where known."""
+    choices = dict(setting=list(PAPER)[1:], dataset=list(DATASETS), train=list(vifi.TRAIN_MODES),
+                   fusion=list(vifi.FUSIONS), precision=["auto", "fp32", "bf16", "fp16"],
+                   augment=list(data.AUGMENTATIONS), normalization=list(data.NORMS), split=[1, 2, 3])
+    tables = {"": PAPER, "image/text-FT ": PAPER_BASELINES, "world ": WORLD, "prompts ": PROMPT_DEFAULTS}
+    parser = command_line.make_parser(Config, __doc__, tables, choices, optional_value=dict(resume="last.pt"),
+                                      positive=("k",))
+    given = vars(parser.parse_args(argv))
+    cfg = Config(**given)
+    for name, value in setting_defaults(cfg).items():
+        if getattr(cfg, name) is None and not (name == "normalization" and cfg.init_from):
+            setattr(cfg, name, value)
+    return cfg, set(given)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Processes: one per device under torchrun, or a single plain process
+
+
+def setup_runtime(cfg: Config) -> Runtime:
+    """Read torchrun's environment; nccl on GPUs, gloo on CPUs. A plain `python train.py` is one process."""
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device == torch.device("cuda"):
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(rank, world_size, device, rank == 0, world_size > 1)
+
+
+def log(rt: Runtime, *args):
+    if rt.is_main:
+        print(*args, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Setup: the data, the model and the derived values, everything that can fail on the user's input, before compute
+
+
+def build_splits(cfg: Config) -> tuple:
+    """(training Split, [evaluation Splits]) of the setting on the dataset, every list checked against its folder."""
+    return DATASETS[cfg.dataset].splits(cfg)
+
+
+def build_model(cfg: Config, class_names: list, rt: Runtime) -> tuple:
+    """(the ViFiCLIP of cfg on rt's device, the pixel statistics its --init-from file says its weights expect, or
+    None). cfg is only read: what the weights say goes into the configuration in derive."""
+    model = vifi.ViFiCLIP(clip_weights.load(cfg.clip), class_names, fusion=cfg.fusion, train_mode=cfg.train,
+                          templates=cfg.template or None, n_ctx_text=cfg.n_ctx_text, n_ctx_vision=cfg.n_ctx_vision,
+                          depth_text=cfg.depth_text, depth_vision=cfg.depth_vision)
+    normalization = None
+    if cfg.init_from:
+        if not os.path.isfile(cfg.init_from):
+            raise UserError(f"--init-from {cfg.init_from}: no such file")
+        try:  # "imagenet" for the authors' released weights, the run's own for ours, None where the file does not say
+            normalization = vifi_weights.load_weights(model, cfg.init_from).normalization
+        except INPUT_ERRORS as e:  # each names the file: "--init-from x.pt is truncated or corrupt ..."
+            raise UserError(f"--init-from {e}") from e
+    model.clip.set_grad_checkpointing(cfg.grad_checkpointing)
+    return model.to(rt.device), normalization
+
+
+def derive(cfg: Config, rt: Runtime, model: vifi.ViFiCLIP, weights_normalization, num_videos: int) -> tuple:
+    """(cfg with every value that follows from the flags, the weights and the machine, the batch plan), computed here
+    and never changed after: the input size (the CLIP's resolution), the pixel statistics (--init-from's where its file
+    says, else the setting's), the precision (the authors train and evaluate in fp16, apex O1; a CPU stays exact), the
+    DataLoader workers (one on a CPU, up to 10 on a GPU) and the micro-batch (plan_batches; None: evaluation only)."""
+    plan = None if cfg.eval_only or cfg.train == "none" else global_batches.plan_batches(
+        cfg.batch_size, cfg.micro_batch, cfg.max_micro_batch, rt.world_size, num_videos)
+    workers = max(1, min(10, global_batches.cpu_cores(rt) - 1)) if rt.device.type == "cuda" else 1
+    return dataclasses.replace(
+        cfg, input_size=cfg.input_size or model.clip.visual.input_resolution,
+        normalization=cfg.normalization or weights_normalization or setting_defaults(cfg)["normalization"],
+        precision=mixed_precision.training_precision(rt.device) if cfg.precision == "auto" else cfg.precision,
+        workers=workers if cfg.workers is None else cfg.workers,
+        micro_batch=plan.micro if plan else cfg.micro_batch or cfg.max_micro_batch), plan
 
 
 @dataclass
@@ -416,31 +366,22 @@ class Run:
 def setup(cfg: Config, rt: Runtime, given: set) -> Run:
     """A failure is a UserError whose one line names the flag or the file."""
     try:
-        checkpoint, cfg = (run_files.prepare_resume(cfg, given, RESUME_MAY_CHANGE, ADDED_FLAGS) if cfg.resume
-                           else (None, cfg))
+        checkpoint, cfg = run_files.prepare_resume(cfg, given) if cfg.resume else (None, cfg)
         if cfg.precision == "fp16" and rt.device.type != "cuda":
             raise UserError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         train_split, evals = build_splits(cfg)  # lists checked against the videos on disk, before any weights
-        model = build_model(cfg, train_split.class_names, rt)
-        plan = None if cfg.eval_only or cfg.train == "none" else global_batches.plan_batches(
-            cfg.batch_size, cfg.micro_batch, cfg.max_micro_batch, rt.world_size, len(train_split.samples))
-        # the values derived from the configuration and the machine, in one place: precision (the authors train and
-        # evaluate in fp16, apex O1; a CPU stays exact), DataLoader workers, the micro-batch (plan_batches)
-        cores = max(1, len(os.sched_getaffinity(0)) // rt.world_size)
-        workers = max(1, min(10, cores - 1)) if rt.device.type == "cuda" else 1
-        cfg = dataclasses.replace(
-            cfg, precision=mixed_precision.training_precision(rt.device) if cfg.precision == "auto" else cfg.precision,
-            workers=workers if cfg.workers is None else cfg.workers,
-            micro_batch=plan.micro if plan else cfg.micro_batch or cfg.max_micro_batch)
+        model, weights_normalization = build_model(cfg, train_split.class_names, rt)
+        cfg, plan = derive(cfg, rt, model, weights_normalization, len(train_split.samples))
     except INPUT_ERRORS as e:
         raise (e if isinstance(e, UserError) else UserError(str(e))) from e
+    model.normalization = cfg.normalization  # which classify and the exports read
     if rt.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # The compute threads and the DataLoader workers share the CPU cores. Oversubscribed, PyTorch's OpenMP
-        # threads spin-wait on each other: measured on 2 cores, a training step went from 0.4 s to 5 s.
-        torch.set_num_threads(max(1, cores - cfg.workers))
+        # threads spin-wait on each other (benchmarks/README.md, "CPU threads").
+        torch.set_num_threads(max(1, global_batches.cpu_cores(rt) - cfg.workers))
     return Run(cfg, checkpoint, train_split, evals, model, plan)
 
 
@@ -451,7 +392,7 @@ def main(argv=None) -> dict:
     except (RuntimeError, ValueError) as e:  # e.g. --device cuda without a GPU, or a misspelt device
         raise UserError(f"--device {cfg.device}: {e}") from e
     try:
-        return train(cfg, rt, given)
+        return train(setup(cfg, rt, given), rt)
     finally:
         run_files.release_folders()  # the lock on --out (run_files.hold_folder)
         if dist.is_initialized():

@@ -22,6 +22,7 @@ and the same with every training video (20-43 per class) instead of K. Every rea
 this script was run on the test split (they were tried once on the validation split); each is deterministic.
 """
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -109,14 +110,16 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.seeds = args.seeds[:1]
-    cfg = train.parse_args(["--setting", "fewshot", "--k", str(args.k), "--train", "none"])
+    cfg, given = train.parse_command_line(["--setting", "fewshot", "--k", str(args.k), "--train", "none"])
     rt = train.setup_runtime(cfg)
+    built = train.setup(cfg, rt, given)  # the vanilla model and the derived configuration (input size, statistics)
+    cfg, net = built.cfg, built.model
     _, (evaluation,) = miniworld.WORLD.splits(cfg)  # the main job's evaluation split
     paths = miniworld.dataset_paths(miniworld.DEFAULT_TARGET)
     full = protocols.load_split("train", paths["root"], paths["train"], paths["labels"])
     if args.quick:
         evaluation.samples = evaluation.samples[::len(evaluation.samples) // 40]
-    net = train.build_model(cfg, full.class_names, rt)
+    net.set_class_names(full.class_names)
     scale = float(net.clip.logit_scale.exp())
     train_x, eval_x = frame_embeddings(net, full, cfg), frame_embeddings(net, evaluation, cfg)
     train_y = torch.tensor([label for _, label in full.samples])
@@ -127,8 +130,7 @@ def main():
           f"(logit scale {scale:.1f}); top-1 %")
     shots = []  # one dict of read-outs per K-shot split
     for seed in args.seeds:
-        cfg.split = seed
-        idx = torch.tensor([row[path] for path, _ in protocols.kshot(full, cfg).samples])
+        idx = torch.tensor([row[path] for path, _ in protocols.kshot(full, dataclasses.replace(cfg, split=seed)).samples])
         shots.append(read_outs(train_x[idx], train_y[idx], eval_x, eval_y, C, scale, args.quick))
     everything = None if args.quick else read_outs(train_x, train_y, eval_x, eval_y, C, scale, args.quick)
     for name in shots[0]:

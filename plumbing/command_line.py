@@ -3,7 +3,16 @@ table of defaults gives it. Not the paper's method.
 """
 import argparse
 import dataclasses
+import pickle
 import typing
+
+
+class UserError(ValueError):
+    """A mistake in the command line or the input files: reported in one line, without a traceback."""
+
+
+# What reading the user's input raises (our checks, files or weights that fail to load): the user's to fix, in one line
+INPUT_ERRORS = (ValueError, OSError, RuntimeError, pickle.UnpicklingError)
 
 
 def flag(default, help: str):

@@ -130,6 +130,18 @@ def final_evaluation(net, splits: list, cfg, rt, single_view=None) -> tuple:
     return reports, summary
 
 
+def report(cfg, rt, final: tuple, state, best_reported: bool) -> dict:
+    """The finished run's metrics.json: the final weights' (reports, summary) `final`, or, where the setting reports the
+    best of its evaluations (best_reported: the authors' "Max accuracy") and that was not the last, the best's, with
+    the final weights' beside them. state: the run's RunState (its history and best evaluation)."""
+    best = state.best_evaluation
+    if best_reported and best and best["epoch"] != state.epoch:
+        return write_metrics(cfg, rt, best["reports"], best["summary"], state.history,
+                             final=dict(reports=final[0], summary=final[1]),
+                             reported=f"the best of the evaluations, after epoch {best['epoch']}")
+    return write_metrics(cfg, rt, *final, state.history, reported="the final weights")
+
+
 def write_metrics(cfg, rt, reports: dict, summary: dict, history: list, reported: str, final: dict = None) -> dict:
     """metrics.json in the run's folder (written whole or not at all), and the results printed. `reported` says which
     weights the figures are of; `final`: the final weights' reports and summary, where the figures are another's."""

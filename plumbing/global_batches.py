@@ -5,10 +5,28 @@ GlobalBatchSampler gives each process its fixed share of the same global micro-b
 a micro-batch across the run, so that what is drawn per micro-batch (mixup, cutmix) is the same however the batch
 is split, and after a resume. train.py uses these; the paper's method does not depend on them.
 """
+import dataclasses
+import os
 from typing import NamedTuple
 
 import torch
 from torch.utils.data import Sampler
+
+
+@dataclasses.dataclass
+class Runtime:
+    """This process's place among the run's processes (train.setup_runtime reads torchrun's environment into it)."""
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    is_main: bool = True
+    distributed: bool = False
+
+
+def cpu_cores(rt: Runtime) -> int:
+    """This process's share of the CPU cores it may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: none
+    return max(1, cores // rt.world_size)
 
 
 class BatchPlanError(ValueError):
@@ -72,3 +90,18 @@ class GlobalBatchSampler(Sampler):
 
     def __len__(self):
         return (self.steps - self.start_step) * self.micro * self.accumulation
+
+
+# The authors' layout, in whose units their learning-rate schedule counts (train.lr_multiplier): 4 videos per GPU on 8
+# GPUs, the rest of the batch by gradient accumulation (their configs: BATCH_SIZE 4, ACCUMULATION_STEPS = batch / 32).
+AUTHORS_GPUS, AUTHORS_GPU_BATCH = 8, 4
+
+
+def authors_iterations(batch: int, num_videos: int) -> tuple:
+    """(micro-batches per optimizer step, micro-batches per epoch) of one of the authors' 8 processes for this batch
+    (their DistributedSampler pads the videos to a multiple of 8; their loader drops an incomplete micro-batch). A batch
+    their layout cannot hold (not a multiple of 32, e.g. the embedded world's 8) counts one iteration per step."""
+    per_iteration = AUTHORS_GPUS * AUTHORS_GPU_BATCH
+    if batch % per_iteration:
+        return 1, num_videos // batch
+    return batch // per_iteration, -(-num_videos // AUTHORS_GPUS) // AUTHORS_GPU_BATCH

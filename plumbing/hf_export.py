@@ -94,7 +94,7 @@ def preprocessor_config(input_size: int, normalization: str) -> dict:
     input size (256 for 224), a centre crop of the input size, bilinear, and the weights' pixel statistics."""
     mean, std = data.NORMS[normalization]
     return dict(image_processor_type="CLIPImageProcessor", processor_class="CLIPProcessor", do_convert_rgb=True,
-                do_resize=True, size=dict(shortest_edge=int(256 / 224 * input_size)), resample=2,  # PIL's BILINEAR
+                do_resize=True, size=dict(shortest_edge=data.resized_short_side(input_size)), resample=2,  # PIL's BILINEAR
                 do_center_crop=True, crop_size=dict(height=input_size, width=input_size), do_rescale=True,
                 rescale_factor=1 / 255, do_normalize=True, image_mean=list(mean), image_std=list(std))
 
@@ -149,7 +149,7 @@ def model_card(model: ViFiCLIP, classes: Sequence[str], frames: int, source: Opt
               + ", ".join(f"`{t}`" for t in templates) + " (`{}` is the class name, underscores read as spaces"
               + (", behind the learned text tokens)" if model.prompts.has_text else ")"),
               f"- frames: {frames} per video, one from the middle of each of {frames} equal segments, short side "
-              f"resized to {int(256 / 224 * size)}, centre crop {size} x {size}",
+              f"resized to {data.resized_short_side(size)}, centre crop {size} x {size}",
               f"- pixel statistics: {'ImageNet' if norm == 'imagenet' else 'CLIP'}'s (mean "
               f"{list(data.NORMS[norm][0])}, std {list(data.NORMS[norm][1])}), in `preprocessor_config.json`"
               + (" (the authors' releases were trained on ImageNet-normalised frames)" if norm == "imagenet" else ""),

@@ -15,6 +15,7 @@ import random
 import re
 import socket
 import subprocess
+import time
 import zipfile
 
 import numpy as np
@@ -205,6 +206,7 @@ class Bookkeeping:
         self.cfg, self.rt, self.net = cfg, rt, net
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.state = RunState()
+        self.step_sums, self.step_start = [0.0, 0, 0], time.time()  # the optimizer step in progress, on this process
 
     def start(self, checkpoint: dict = None) -> RunState:
         """A new run's state, or the interrupted run's restored from its checkpoint (weights, optimizer, schedule,
@@ -212,16 +214,23 @@ class Bookkeeping:
         if checkpoint is not None:
             self.state = RunState(**restore_checkpoint(checkpoint, self.net, self.optimizer, self.scheduler,
                                                        self.scaler, source=self.cfg.resume))
+            if self.rt.is_main:
+                print(f"resumed from {self.cfg.resume}: epoch {self.state.epoch}, step {self.state.step}", flush=True)
         on_main(self.rt, write_log, self.cfg.out, self.state.history)
+        self.step_start = time.time()
         return self.state
 
     def save(self, name: str):
         on_main(self.rt, save_checkpoint, os.path.join(self.cfg.out, name), self.net, self.optimizer, self.scheduler,
                 self.scaler, dataclasses.asdict(self.state), self.cfg)
 
-    def count_step(self, loss_sum: float, micro_batches: int, unreadable: int, seconds: float):
+    def count_micro_batch(self, loss: float, readable: torch.Tensor):
+        """A micro-batch's loss and its unreadable videos (readable: [m] bools), into the current step's sums."""
+        self.step_sums = [self.step_sums[0] + loss, self.step_sums[1] + 1, self.step_sums[2] + int((~readable).sum())]
+
+    def count_step(self):
         """An optimizer step taken: its sums (every process's) join the epoch's; last.pt every --save-every steps."""
-        sums = [loss_sum, micro_batches, unreadable]
+        sums, self.step_sums = self.step_sums, [0.0, 0, 0]  # loss, micro-batches, unreadable videos
         if self.rt.distributed:
             reduced = torch.tensor(sums, dtype=torch.float64, device=self.rt.device)
             dist.all_reduce(reduced)
@@ -229,7 +238,8 @@ class Bookkeeping:
         s = self.state
         s.loss_sum, s.micro_batches = s.loss_sum + sums[0], s.micro_batches + sums[1]
         s.unreadable += sums[2]
-        s.seconds += seconds
+        s.seconds += time.time() - self.step_start
+        self.step_start = time.time()
         s.step, s.step_in_epoch = s.step + 1, s.step_in_epoch + 1
         if self.cfg.save_every and s.step % self.cfg.save_every == 0:
             self.save("last.pt")
@@ -240,6 +250,7 @@ class Bookkeeping:
         record = dict(epoch=epoch + 1, step=s.step, loss=s.loss_sum / max(1, s.micro_batches), lr=lr,
                       seconds=round(s.seconds, 1), unreadable_videos=int(s.unreadable))
         s.epoch, s.step_in_epoch, s.loss_sum, s.micro_batches, s.unreadable, s.seconds = epoch + 1, 0, 0.0, 0, 0, 0.0
+        self.step_sums = [0.0, 0, 0]  # a step the epoch's batches left unfinished is not counted (none: global_batches)
         return record
 
     def consider(self, evaluation: tuple, headline: float, epoch: int):
@@ -256,6 +267,7 @@ class Bookkeeping:
             print(json.dumps(record), flush=True)
         self.save("last.pt")
         on_main(self.rt, write_log, self.cfg.out, self.state.history)
+        self.step_start = time.time()  # the next step's time leaves out the evaluation and the files
 
 
 def save_checkpoint(path: str, net, optimizer, scheduler, scaler, state: dict, cfg):
@@ -306,7 +318,13 @@ def code_version() -> str:
         return "unknown"
 
 
-def prepare_resume(cfg, given: set, may_change: set, added: dict = None) -> tuple:
+# train.py's flags that cannot change what a resumed run computes, so they may differ from the interrupted run's
+RESUME_MAY_CHANGE = {"workers", "device", "out", "resume", "save_every", "max_steps", "grad_checkpointing", "compile"}
+# Flags added after runs were saved, with the value such a run ran with (a resume restores it)
+ADDED_FLAGS = {"image_lr_scale": 1.0}
+
+
+def prepare_resume(cfg, given: set, may_change: set = RESUME_MAY_CHANGE, added: dict = ADDED_FLAGS) -> tuple:
     """(the checkpoint to resume from, the interrupted run's configuration) for --resume. The run's flags come from
     its checkpoint; a flag given now (`given`) that would change what the run computes must equal the interrupted
     run's value, so we refuse rather than mix two runs in one. Flags in `may_change` take this command's values;

@@ -49,7 +49,7 @@ import clip_model
 import data
 import prompts as prompts_module
 from clip_model import CLIP, shorten
-from vifi import NORMALIZATIONS, ViFiCLIP
+from vifi import ViFiCLIP
 from plumbing import clip_weights
 from plumbing.atomic_files import atomic_write
 
@@ -266,7 +266,7 @@ def _load_checkpoint(model: ViFiCLIP, checkpoint, path: str) -> Loaded:
             required = [k for k in own if k.startswith("clip.") and k != "clip.token_embedding.weight"]
         elif any(k.startswith(("clip.", "prompts.")) for k in state_dict):
             form, required, config = "ours", [], checkpoint.get("config")
-            if isinstance(config, dict) and config.get("normalization") in NORMALIZATIONS:
+            if isinstance(config, dict) and config.get("normalization") in data.NORMS:
                 normalization = config["normalization"]  # the run's (train.py saves its configuration)
         else:  # a CLIP in OpenAI's names (or nothing at all)
             form, normalization = "openai", "clip"

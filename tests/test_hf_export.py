@@ -228,7 +228,7 @@ def test_the_authors_checkpoint_exports_with_imagenet_statistics(tmp_path, fake_
 
 def save_our_run(path, model, *flags):
     """best.pt as train.py writes it (run_files.save_checkpoint), for a run with these flags."""
-    cfg = train.parse_args(list(flags))
+    cfg = train.parse_command_line(list(flags))[0]
     cfg.normalization = model.normalization
     optimizer = torch.optim.AdamW(vifi.trainable_parameters(model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)

@@ -172,7 +172,7 @@ def test_each_lines_run_fields_say_its_table_row_and_column():
 
 
 def config(*flags):
-    return train.parse_args(["--clip", "ViT-B/16", *flags])
+    return train.parse_command_line(["--clip", "ViT-B/16", *flags])[0]
 
 
 @pytest.mark.parametrize("flags, table, row, figures", [
@@ -225,15 +225,15 @@ def test_a_run_the_paper_has_no_figure_for_says_why(flags, why):
 
 def test_the_backbone_is_openais_vit_b16_by_name_or_by_file(tmp_path, monkeypatch):
     flags = ["--setting", "fewshot", "--dataset", "hmdb51"]
-    found, why = paper_figures.lookup(train.parse_args(["--clip", "ViT-B/32", *flags]))
+    found, why = paper_figures.lookup(train.parse_command_line(["--clip", "ViT-B/32", *flags])[0])
     assert found == [] and why == "--clip ViT-B/32: the paper's figures are OpenAI's ViT-B/16's"
     weights = tmp_path / "ViT-B-16.pt"  # a file named like it is not it: the SHA-256 decides
     with open(weights, "wb") as f:
         f.truncate(10**8 + 1)
-    assert paper_figures.lookup(train.parse_args(["--clip", str(weights), *flags]))[0] == []
+    assert paper_figures.lookup(train.parse_command_line(["--clip", str(weights), *flags])[0])[0] == []
     expected = clip_weights._MODELS["ViT-B/16"].split("/")[-2]
     monkeypatch.setattr(clip_weights, "sha256_of", lambda path: expected if path == str(weights) else "other")
-    assert paper_figures.lookup(train.parse_args(["--clip", str(weights), *flags]))[0] != []
+    assert paper_figures.lookup(train.parse_command_line(["--clip", str(weights), *flags])[0])[0] != []
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 The semantics are checked where they live, at the inputs of the transformer layers: layer i < depth sees its own
 prompt tokens at the prompt positions, layer i >= depth sees what the previous layer made of them.
 """
+import inspect
 import os
 
 import pytest
@@ -169,8 +170,8 @@ def test_more_tokens_than_words_start_random(clip):
 
 def test_presets_are_the_authors_configs(clip):
     assert prompts.FEW_SHOT == dict(n_ctx_text=10, depth_text=12, n_ctx_vision=10, depth_vision=12)
-    assert prompts.BASE_TO_NOVEL == dict(n_ctx_text=16, depth_text=9, n_ctx_vision=16, depth_vision=9,
-                                         ctx_init="a photo of a")
+    assert prompts.BASE_TO_NOVEL == dict(n_ctx_text=16, depth_text=9, n_ctx_vision=16, depth_vision=9)
+    assert inspect.signature(prompts.PromptLearner).parameters["ctx_init"].default == "a photo of a"  # their CTX_INIT
     learner = prompts.PromptLearner(clip, n_ctx_text=10, depth_text=4, n_ctx_vision=7, depth_vision=2)
     assert [tuple(p.shape) for p in learner.text] == [(10, 48)] * 4
     assert [tuple(p.shape) for p in learner.vision] == [(7, 64)] * 2

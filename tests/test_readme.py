@@ -158,7 +158,7 @@ def test_readme_sharing_commands_run_in_order(tmp_path, fake_yacs):
     assert [c.split()[2] for c in commands] == ["tools.classify_video", "tools.export_hf", "tools.export_hf",
                                                 "tools.classify_video"]
     clip = clip_weights.load(miniworld.TINY_CLIP_NAME)
-    cfg = train.parse_args(["--setting", "fewshot", "--k", "16"])  # the main job's configuration
+    cfg = train.parse_command_line(["--setting", "fewshot", "--k", "16"])[0]  # the main job's configuration
     cfg.normalization = "clip"
     model = vifi.ViFiCLIP(clip, ["dancing", "swimming"], train_mode=cfg.train)
     optimizer = torch.optim.AdamW(vifi.trainable_parameters(model))
