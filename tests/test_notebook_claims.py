@@ -80,3 +80,33 @@ def assert_claims_can_fail(notebook: str, examples: dict):
 
 
 # One test per notebook: the numbers for which its claims hold (a run's), and for which each claim is false.
+
+
+# ---- 01_clip_from_scratch, 02_images_to_videos, 03_zero_shot, 04_base_to_novel, 06_fully_supervised
+
+def test_01_clip_from_scratch_claims_can_fail():
+    run = dict(text_by_hand_vs_module=9.8e-7, image_by_hand_vs_module=0.0, ranked_first=6, stills=6,
+               p_match_raw=0.252, p_match_learned=0.936, openai_installed=True, same_ids=7, texts=7,
+               openai_image=1.43e-6, openai_text=1.07e-6)
+    assert_claims_can_fail("01_clip_from_scratch", {
+        "claims_clip": (run, [
+            dict(run, text_by_hand_vs_module=0.31),  # e.g. the text read at the last position, not the end token
+            dict(run, ranked_first=3),  # half of the stills, not most
+            dict(run, p_match_learned=0.252),  # a logit scale of 1: the softmax of raw cosines
+            dict(run, same_ids=6),  # one text tokenized differently
+            dict(run, openai_image=0.02),  # e.g. OpenAI's fp16-rounded weights
+        ]),
+    })
+
+
+def test_02_images_to_videos_claims_can_fail():
+    run = dict(eq1_by_hand_vs_forward=0.0, backwards_vs_forward=4.8e-7, shuffled_vs_forward=4.8e-7,
+               shrinking_is_growing_reversed=True, grow_vs_shrink_embedding=0.0, grow_vs_shrink_decision=0.0)
+    assert_claims_can_fail("02_images_to_videos", {
+        "claims_order": (run, [
+            dict(run, eq1_by_hand_vs_forward=0.4),  # e.g. pooling after normalising each frame
+            dict(run, shuffled_vs_forward=1.3),  # a model that sees frame order
+            dict(run, shrinking_is_growing_reversed=False),
+            dict(run, grow_vs_shrink_decision=0.2),
+        ]),
+    })
