@@ -110,3 +110,39 @@ def test_02_images_to_videos_claims_can_fail():
             dict(run, grow_vs_shrink_decision=0.2),
         ]),
     })
+
+
+def test_03_zero_shot_claims_can_fail():
+    run = dict(shared_class_names=0, vanilla={"toy-hmdb": 16.4, "toy-ucf": 35.0},
+               vifi_clip={"toy-hmdb": 50.0, "toy-ucf": 59.7}, world=True, ablations_from_benchmarks=True,
+               ablation={"CLIP image-FT": {"toy-hmdb": [9.4, 1.9], "toy-ucf": [7.1, 1.6]},
+                         "CLIP text-FT": {"toy-hmdb": [0.5, 1.9], "toy-ucf": [-0.2, 2.1]}})
+    assert_claims_can_fail("03_zero_shot", {
+        "claims_zero_shot": (run, [
+            dict(run, shared_class_names=3),
+            dict(run, vifi_clip=run["vanilla"]),  # the bridged model scoring as vanilla CLIP
+            dict(run, vifi_clip={"toy-hmdb": 50.0, "toy-ucf": 42.0}),  # a gain of 7 points on toy-ucf only
+            dict(run, vanilla={"toy-hmdb": 16.4, "toy-ucf": 20.0}),  # toy-ucf not 10 points above toy-hmdb
+            dict(run, ablation=dict(run["ablation"], **{  # image-FT level with ViFi-CLIP
+                "CLIP image-FT": {"toy-hmdb": [0.5, 1.9], "toy-ucf": [-0.2, 2.1]}})),
+            dict(run, ablation=dict(run["ablation"], **{  # the paper's order: ViFi-CLIP 2.8 and 7.0 points ahead
+                "CLIP text-FT": {"toy-hmdb": [2.8, 0.6], "toy-ucf": [7.0, 1.1]}})),
+        ]),
+    })
+
+
+def test_04_base_to_novel_claims_can_fail():
+    run = dict(shared_classes=0, base_before=16.1, novel_before=27.5, hm_before=20.3, base_after=49.4, novel_after=35.0,
+               hm_after=41.0, novel_curve=[[1, 51.4], [3, 37.8], [5, 35.0]],
+               base_curve=[[1, 40.8], [3, 47.8], [5, 49.4]])
+    assert_claims_can_fail("04_base_to_novel", {
+        "claims_base_to_novel": (run, [
+            dict(run, shared_classes=1),
+            dict(run, base_after=16.1, novel_after=27.5, hm_after=20.3),  # vanilla CLIP's figures after training
+            dict(run, hm_after=25.0),  # HM up by less than 10 points
+            dict(run, novel_after=26.1),  # novel below vanilla CLIP's (the world without the crop, seed 1)
+            dict(run, novel_curve=[[1, 30.1], [3, 33.2], [5, 35.0]]),  # novel rising with base: the paper's picture
+            dict(run, novel_curve=[[1, 37.0], [3, 36.1], [5, 35.0]]),  # a peak at epoch 1, but a fall of 2 points
+            dict(run, base_curve=[[1, 49.4], [3, 47.8], [5, 46.0]]),  # base falling too
+        ]),
+    })
