@@ -146,3 +146,24 @@ def test_04_base_to_novel_claims_can_fail():
             dict(run, base_curve=[[1, 49.4], [3, 47.8], [5, 46.0]]),  # base falling too
         ]),
     })
+
+
+def test_06_fully_supervised_claims_can_fail():
+    benchmarks = {"vanilla CLIP": {"views": [4.4, 0.0], "1 view": [9.1, 0.0]},
+                  "CLIP image-FT": {"views": [13.3, 0.6], "1 view": [18.5, 0.6]},
+                  "CLIP text-FT": {"views": [23.2, 0.6], "1 view": [26.0, 1.0]},
+                  "ViFi-CLIP": {"views": [23.8, 1.4], "1 view": [27.3, 0.7]}}
+    run = dict(world=True, crops_identical=True, this_run={"1 view": 23.3, "views": 17.6},
+               vanilla={"1 view": 9.1, "views": 4.4}, benchmarks=benchmarks, view_spread=0.003, mean_p_true=0.045)
+    assert_claims_can_fail("06_fully_supervised", {
+        "claims_fully": (run, [
+            dict(run, crops_identical=False),  # wide videos: three different crops
+            dict(run, this_run={"1 view": 9.1, "views": 4.4}),  # vanilla CLIP's figures after training
+            dict(run, this_run={"1 view": 23.3, "views": 23.3}),  # the views changing nothing
+            dict(run, benchmarks=dict(benchmarks, **{"ViFi-CLIP": {"views": [28.5, 1.4], "1 view": [27.3, 0.7]}})),
+            dict(run, view_spread=0.02),  # views that disagree (wide, long videos)
+            dict(run, benchmarks=dict(benchmarks, **{"ViFi-CLIP": {"views": [26.0, 0.7], "1 view": [27.3, 0.7]}})),
+            dict(run, benchmarks=dict(benchmarks, **{  # the paper's order: image-FT close to ViFi-CLIP, above text-FT
+                "CLIP image-FT": {"views": [22.5, 0.6], "1 view": [26.0, 0.6]}})),
+        ]),
+    })
