@@ -80,3 +80,90 @@ def assert_claims_can_fail(notebook: str, examples: dict):
 
 
 # One test per notebook: the numbers for which its claims hold (a run's), and for which each claim is false.
+
+
+# ---- 01_clip_from_scratch, 02_images_to_videos, 03_zero_shot, 04_base_to_novel, 06_fully_supervised
+
+def test_01_clip_from_scratch_claims_can_fail():
+    run = dict(text_by_hand_vs_module=9.8e-7, image_by_hand_vs_module=0.0, ranked_first=6, stills=6,
+               p_match_raw=0.252, p_match_learned=0.936, openai_installed=True, same_ids=7, texts=7,
+               openai_image=1.43e-6, openai_text=1.07e-6)
+    assert_claims_can_fail("01_clip_from_scratch", {
+        "claims_clip": (run, [
+            dict(run, text_by_hand_vs_module=0.31),  # e.g. the text read at the last position, not the end token
+            dict(run, ranked_first=3),  # half of the stills, not most
+            dict(run, p_match_learned=0.252),  # a logit scale of 1: the softmax of raw cosines
+            dict(run, same_ids=6),  # one text tokenized differently
+            dict(run, openai_image=0.02),  # e.g. OpenAI's fp16-rounded weights
+        ]),
+    })
+
+
+def test_02_images_to_videos_claims_can_fail():
+    run = dict(eq1_by_hand_vs_forward=0.0, backwards_vs_forward=4.8e-7, shuffled_vs_forward=4.8e-7,
+               shrinking_is_growing_reversed=True, grow_vs_shrink_embedding=0.0, grow_vs_shrink_decision=0.0)
+    assert_claims_can_fail("02_images_to_videos", {
+        "claims_order": (run, [
+            dict(run, eq1_by_hand_vs_forward=0.4),  # e.g. pooling after normalising each frame
+            dict(run, shuffled_vs_forward=1.3),  # a model that sees frame order
+            dict(run, shrinking_is_growing_reversed=False),
+            dict(run, grow_vs_shrink_decision=0.2),
+        ]),
+    })
+
+
+def test_03_zero_shot_claims_can_fail():
+    run = dict(shared_class_names=0, vanilla={"toy-hmdb": 16.4, "toy-ucf": 35.0},
+               vifi_clip={"toy-hmdb": 50.0, "toy-ucf": 59.7}, world=True, ablations_from_benchmarks=True,
+               ablation={"CLIP image-FT": {"toy-hmdb": [9.4, 1.9], "toy-ucf": [7.1, 1.6]},
+                         "CLIP text-FT": {"toy-hmdb": [0.5, 1.9], "toy-ucf": [-0.2, 2.1]}})
+    assert_claims_can_fail("03_zero_shot", {
+        "claims_zero_shot": (run, [
+            dict(run, shared_class_names=3),
+            dict(run, vifi_clip=run["vanilla"]),  # the bridged model scoring as vanilla CLIP
+            dict(run, vifi_clip={"toy-hmdb": 50.0, "toy-ucf": 42.0}),  # a gain of 7 points on toy-ucf only
+            dict(run, vanilla={"toy-hmdb": 16.4, "toy-ucf": 20.0}),  # toy-ucf not 10 points above toy-hmdb
+            dict(run, ablation=dict(run["ablation"], **{  # image-FT level with ViFi-CLIP
+                "CLIP image-FT": {"toy-hmdb": [0.5, 1.9], "toy-ucf": [-0.2, 2.1]}})),
+            dict(run, ablation=dict(run["ablation"], **{  # the paper's order: ViFi-CLIP 2.8 and 7.0 points ahead
+                "CLIP text-FT": {"toy-hmdb": [2.8, 0.6], "toy-ucf": [7.0, 1.1]}})),
+        ]),
+    })
+
+
+def test_04_base_to_novel_claims_can_fail():
+    run = dict(shared_classes=0, base_before=16.1, novel_before=27.5, hm_before=20.3, base_after=49.4, novel_after=35.0,
+               hm_after=41.0, novel_curve=[[1, 51.4], [3, 37.8], [5, 35.0]],
+               base_curve=[[1, 40.8], [3, 47.8], [5, 49.4]])
+    assert_claims_can_fail("04_base_to_novel", {
+        "claims_base_to_novel": (run, [
+            dict(run, shared_classes=1),
+            dict(run, base_after=16.1, novel_after=27.5, hm_after=20.3),  # vanilla CLIP's figures after training
+            dict(run, hm_after=25.0),  # HM up by less than 10 points
+            dict(run, novel_after=26.1),  # novel below vanilla CLIP's (the world without the crop, seed 1)
+            dict(run, novel_curve=[[1, 30.1], [3, 33.2], [5, 35.0]]),  # novel rising with base: the paper's picture
+            dict(run, novel_curve=[[1, 37.0], [3, 36.1], [5, 35.0]]),  # a peak at epoch 1, but a fall of 2 points
+            dict(run, base_curve=[[1, 49.4], [3, 47.8], [5, 46.0]]),  # base falling too
+        ]),
+    })
+
+
+def test_06_fully_supervised_claims_can_fail():
+    benchmarks = {"vanilla CLIP": {"views": [4.4, 0.0], "1 view": [9.1, 0.0]},
+                  "CLIP image-FT": {"views": [13.3, 0.6], "1 view": [18.5, 0.6]},
+                  "CLIP text-FT": {"views": [23.2, 0.6], "1 view": [26.0, 1.0]},
+                  "ViFi-CLIP": {"views": [23.8, 1.4], "1 view": [27.3, 0.7]}}
+    run = dict(world=True, crops_identical=True, this_run={"1 view": 23.3, "views": 17.6},
+               vanilla={"1 view": 9.1, "views": 4.4}, benchmarks=benchmarks, view_spread=0.003, mean_p_true=0.045)
+    assert_claims_can_fail("06_fully_supervised", {
+        "claims_fully": (run, [
+            dict(run, crops_identical=False),  # wide videos: three different crops
+            dict(run, this_run={"1 view": 9.1, "views": 4.4}),  # vanilla CLIP's figures after training
+            dict(run, this_run={"1 view": 23.3, "views": 23.3}),  # the views changing nothing
+            dict(run, benchmarks=dict(benchmarks, **{"ViFi-CLIP": {"views": [28.5, 1.4], "1 view": [27.3, 0.7]}})),
+            dict(run, view_spread=0.02),  # views that disagree (wide, long videos)
+            dict(run, benchmarks=dict(benchmarks, **{"ViFi-CLIP": {"views": [26.0, 0.7], "1 view": [27.3, 0.7]}})),
+            dict(run, benchmarks=dict(benchmarks, **{  # the paper's order: image-FT close to ViFi-CLIP, above text-FT
+                "CLIP image-FT": {"views": [22.5, 0.6], "1 view": [26.0, 0.6]}})),
+        ]),
+    })
