@@ -80,3 +80,22 @@ def assert_claims_can_fail(notebook: str, examples: dict):
 
 
 # One test per notebook: the numbers for which its claims hold (a run's), and for which each claim is false.
+
+
+# ---- 08_what_vifi_clip_looks_at, 09_your_own_video
+def test_09_your_own_video_claims_can_fail():
+    phrase = dict(k400_names_in_phrase=0, k400_names_with_motion_word=3, motion_word_tokens_trained=0,
+                  other_words_untrained=0)
+    assert_claims_can_fail("09_your_own_video", {
+        # vanilla CLIP's first choice (an index into CLASS_NAMES) for the spinning and the still triangle
+        "claims_control": (dict(vanilla_first_spinning=0, vanilla_first_still=0),
+                           [dict(vanilla_first_spinning=0, vanilla_first_still=3)]),  # it told them apart
+        "claims_questions": (dict(colour_right={"vanilla CLIP": True, "ViFi-CLIP": True}),
+                             [dict(colour_right={"vanilla CLIP": True, "ViFi-CLIP": False})]),
+        "claims_new_phrase": (phrase, [
+            dict(phrase, k400_names_in_phrase=1),         # "pink star spinning": toy-k400's "star spinning"
+            dict(phrase, k400_names_with_motion_word=0),  # a motion toy-k400 never names ("pink star rolling")
+            dict(phrase, motion_word_tokens_trained=1),   # a caption word in the motion word's place ("faint")
+            dict(phrase, other_words_untrained=1),        # a colour no caption has ("magenta triangle spinning")
+        ]),
+    })
