@@ -167,3 +167,48 @@ def test_06_fully_supervised_claims_can_fail():
                 "CLIP image-FT": {"views": [22.5, 0.6], "1 view": [26.0, 0.6]}})),
         ]),
     })
+
+
+# ---- 08_what_vifi_clip_looks_at, 09_your_own_video
+def test_08_what_vifi_clip_looks_at_claims_can_fail():
+    attention = dict(tv_models=0.06, tv_neighbours=0.21, tv_videos=0.60, moving_area=0.23,
+                     moving_share={"vanilla CLIP": 0.671, "ViFi-CLIP": 0.686})
+    world = {"vanilla CLIP": [0.311, 0.313, 0.312], "ViFi-CLIP": [0.325, 0.331, 0.328]}
+    assert_claims_can_fail("08_what_vifi_clip_looks_at", {
+        "claims_attention": (attention, [
+            dict(attention, tv_models=0.15),  # the maps moved by most of a neighbouring frame's distance
+            dict(attention, moving_share={"vanilla CLIP": 0.30, "ViFi-CLIP": 0.31}),  # about the patches' own share
+            dict(attention, moving_share={"vanilla CLIP": 0.671, "ViFi-CLIP": 0.75}),  # the paper's shift to motion
+        ]),
+        "claims_zero_shot": (dict(top1={"vanilla CLIP": 16.4, "ViFi-CLIP": 50.0}),
+                             [dict(top1={"vanilla CLIP": 16.4, "ViFi-CLIP": 19.0})]),  # within 5 points
+        "claims_clusters": (dict(world=world), [
+            dict(world={"vanilla CLIP": [0.31, 0.31, 0.31], "ViFi-CLIP": [0.41, 0.41, 0.41]}),  # the paper's +0.10
+            dict(world={"vanilla CLIP": [0.84, 0.86, 0.85], "ViFi-CLIP": [0.84, 0.86, 0.85]}),  # the paper's level
+        ]),
+        "claims_colour": (dict(v_colour={"vanilla CLIP": 0.70, "ViFi-CLIP": 0.67},
+                               v_class={"vanilla CLIP": 0.31, "ViFi-CLIP": 0.33}), [
+            dict(v_colour={"vanilla CLIP": 0.35, "ViFi-CLIP": 0.67},
+                 v_class={"vanilla CLIP": 0.31, "ViFi-CLIP": 0.33}),  # vanilla CLIP about as much by class
+            dict(v_colour={"vanilla CLIP": 0.70, "ViFi-CLIP": 0.40},
+                 v_class={"vanilla CLIP": 0.31, "ViFi-CLIP": 0.33}),  # fine-tuning erased the colour islands
+        ]),
+    })
+
+
+def test_09_your_own_video_claims_can_fail():
+    phrase = dict(k400_names_in_phrase=0, k400_names_with_motion_word=3, motion_word_tokens_trained=0,
+                  other_words_untrained=0)
+    assert_claims_can_fail("09_your_own_video", {
+        # vanilla CLIP's first choice (an index into CLASS_NAMES) for the spinning and the still triangle
+        "claims_control": (dict(vanilla_first_spinning=0, vanilla_first_still=0),
+                           [dict(vanilla_first_spinning=0, vanilla_first_still=3)]),  # it told them apart
+        "claims_questions": (dict(colour_right={"vanilla CLIP": True, "ViFi-CLIP": True}),
+                             [dict(colour_right={"vanilla CLIP": True, "ViFi-CLIP": False})]),
+        "claims_new_phrase": (phrase, [
+            dict(phrase, k400_names_in_phrase=1),         # "pink star spinning": toy-k400's "star spinning"
+            dict(phrase, k400_names_with_motion_word=0),  # a motion toy-k400 never names ("pink star rolling")
+            dict(phrase, motion_word_tokens_trained=1),   # a caption word in the motion word's place ("faint")
+            dict(phrase, other_words_untrained=1),        # a colour no caption has ("magenta triangle spinning")
+        ]),
+    })
