@@ -79,6 +79,13 @@ def assert_claims_can_fail(notebook: str, examples: dict):
                                  f"on the false numbers given")
 
 
+def test_every_notebook_has_its_claims_tested():
+    """A notebook without a test below would have checks no false number ever reached."""
+    tested = {name[len("test_"):-len("_claims_can_fail")] for name in globals()
+              if name.startswith("test_") and name.endswith("_claims_can_fail")}
+    assert set(NOTEBOOKS) == tested, f"notebooks without a claims test here: {sorted(set(NOTEBOOKS) - tested)}"
+
+
 # One test per notebook: the numbers for which its claims hold (a run's), and for which each claim is false.
 
 
