@@ -139,7 +139,7 @@ DATASETS = dict(protocols.PAPER_DATASETS, miniworld=miniworld.WORLD)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Training: the loop, from a batch to the optimizer step (the set-up it calls comes after it)
+# Training: the loop, from a batch to the optimizer step (setup, which prepares its Run, comes after it)
 
 
 def train(run: "Run", rt: "Runtime") -> dict:
@@ -255,11 +255,9 @@ def lr_multiplier(step: int, steps_per_epoch: int, epochs: int, warmup_epochs: f
 def setting_defaults(cfg: Config) -> dict:
     """The defaults of cfg's setting, dataset and training mode: the tables above, later ones winning."""
     world = WORLD if cfg.dataset == "miniworld" else {}
-    defaults = {**PAPER["common"], **PAPER[cfg.setting]}
-    if cfg.train in ("image", "text"):
-        defaults.update(PAPER_BASELINES.get(cfg.setting, {}))
-    defaults.update(world.get("common", {}))
-    defaults.update(world.get(cfg.setting, {}))
+    baselines = PAPER_BASELINES.get(cfg.setting, {}) if cfg.train in ("image", "text") else {}
+    defaults = {**PAPER["common"], **PAPER[cfg.setting], **baselines, **world.get("common", {}),
+                **world.get(cfg.setting, {})}
     if cfg.train == "prompts":
         defaults.update(PROMPT_DEFAULTS[cfg.setting], **world.get("prompts", {}))
         defaults.update(template="")  # vifi.py's choice: the learned text tokens stand where "a photo of a" stood
