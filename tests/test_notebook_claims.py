@@ -259,3 +259,30 @@ def test_05_few_shot_claims_can_fail():
             dict(quick=False, top1={"embedding-level": 40.8, "decision-level": 46.3, "image-level": 47.4}),
         ]),
     })
+
+
+# ---- 07_bridge_and_prompt
+def test_07_bridge_and_prompt_claims_can_fail():
+    few_shot = dict(vanilla=16.4, bridged=50.0, prompted=50.4, one_video=100 / 720, loss_first=2.15, loss_last=1.55,
+                    prompt_bytes=63_000, bridge_bytes=19_979_000)  # the committed QUICK run's figures
+    b2n = dict(vanilla=[16.1, 27.5, 20.3], bridged=[57.8, 70.6, 63.5], untrained=[33.9, 37.8, 35.7],
+               prompted=[60.8, 67.8, 64.1], one_video=100 / 360, loss_first=2.09, loss_last=1.20)
+    assert_claims_can_fail("07_bridge_and_prompt", {
+        "claims_parameters": (dict(prompt_fraction_b16=0.0012, prompt_fraction_tiny=0.0019),
+                              # image-FT's share of what full fine-tuning trains, in place of the prompts'
+                              [dict(prompt_fraction_b16=86_192_640 / 124_323_841, prompt_fraction_tiny=0.0019)]),
+        "claims_few_shot": (few_shot, [
+            dict(few_shot, prompted=16.4),  # the prompted model at vanilla CLIP's accuracy
+            dict(few_shot, bridged=16.4),  # a bridge that taught nothing
+            dict(few_shot, prompted=48.0),  # prompts that cost the bridged model two points
+            dict(few_shot, loss_last=2.15),  # a loss that did not fall
+            dict(few_shot, prompt_bytes=19_979_000),  # a prompt checkpoint holding all of CLIP
+        ]),
+        "claims_base_to_novel": (b2n, [
+            dict(b2n, prompted=[16.1, 27.5, 20.3]),  # vanilla CLIP's figures in place of the prompted model's
+            dict(b2n, untrained=[57.8, 70.6, 63.5]),  # untrained prompts that leave the bridged model as it is
+            dict(b2n, prompted=[33.9, 37.8, 35.7]),  # training that did not move the prompts from their start
+            dict(b2n, prompted=[53.9, 67.8, 60.1]),  # base ending below the bridged model's (the issue's defect)
+            dict(b2n, loss_last=2.09),  # a loss that did not fall
+        ]),
+    })

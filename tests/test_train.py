@@ -106,7 +106,7 @@ def test_bridge_and_prompt_from_a_fine_tuned_model(world, random_tiny_clip, tmp_
     saved = weights(tmp_path / "prompt")
     assert saved and all(k.startswith("prompts.") for k in saved)  # only the prompts are stored
     assert sum(v.numel() for v in saved.values()) == 2 * 2 * 2 * 128
-    assert metrics["config"]["lr"] == train.PROMPT_DEFAULTS["fewshot"]["lr"]
+    assert metrics["config"]["lr"] == train.WORLD["prompts"]["lr"]  # the world's prompt recipe, not fine-tuning's
 
 
 # ---------------------------------------------------------------------------------------------------------------------
