@@ -27,7 +27,6 @@ LABELS`: every video readable?).
 import csv
 import logging
 import math
-import multiprocessing
 import os
 
 import numpy as np
@@ -451,28 +450,6 @@ def collate(batch):
     clips, labels, index, ok = zip(*batch)
     return dict(clips=torch.stack(clips), label=torch.tensor(labels), index=torch.tensor(index),
                 ok=torch.tensor(ok, dtype=torch.bool))
-
-
-# DataLoader workers are never forked from the process that uses them: a fork copies FFmpeg's state as it is, and with
-# PyAV 19 a worker forked after the parent has resized one frame hangs forever in its own first resize (the scaler's
-# thread pool, cached per thread, is copied without its threads). Workers start from a "forkserver", a clean process
-# that has decoded nothing and has imported torch and av once, so that a worker starts in ~0.1 s rather than a fresh
-# interpreter's ~2 s ("spawn", where there is no forkserver). A script that uses workers needs the usual
-# `if __name__ == "__main__":` guard, as train.py has: a worker imports the main module.
-WORKER_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-
-
-def loader(dataset, batch_size, workers=0, sampler=None, pin_memory=False, persistent=True, **kwargs):
-    """A DataLoader of clips (collate) whose `workers` processes start clean (WORKER_START) and, if `persistent`,
-    stay until the loader is gone: build it once and iterate it every epoch (set_epoch reaches them: shared memory).
-    kwargs go to the DataLoader (e.g. timeout)."""
-    if workers > 0:
-        kwargs.update(num_workers=workers, persistent_workers=persistent,
-                      multiprocessing_context=multiprocessing.get_context(WORKER_START))
-        if WORKER_START == "forkserver":  # takes effect when the server starts, at the first loader with workers
-            multiprocessing.set_forkserver_preload(["torch", "av"])
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                                       pin_memory=pin_memory, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------

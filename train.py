@@ -178,8 +178,8 @@ def train(run: "Run", rt: "Runtime") -> dict:
         log(rt, f"note: {len(dataset)} training videos < batch {cfg.batch_size}; using batch {plan.batch}")
     log(rt, f"batch {plan.batch} = {plan.micro} x {rt.world_size} processes x {plan.accumulation} accumulation; "
             f"{plan.steps_per_epoch} steps/epoch, {cfg.epochs * plan.steps_per_epoch} steps")
-    # built once: its workers (data.loader: never forked from this process) start once and serve every epoch
-    loader = data.loader(dataset, plan.micro, cfg.workers, sampler, pin_memory=rt.device.type == "cuda")
+    # built once: its workers (global_batches.loader: never forked from this process) start once and serve every epoch
+    loader = global_batches.loader(dataset, plan.micro, cfg.workers, sampler, pin_memory=rt.device.type == "cuda")
     mixing = cfg.mixup > 0 or cfg.cutmix > 0 or cfg.label_smoothing > 0
     last_evaluation = None  # (reports, summary) of the current weights, if the last epoch evaluated them
     for epoch in range(state.epoch, cfg.epochs):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 import data
 from data import DatasetError
-from plumbing import mixed_precision, paper_figures, run_files
+from plumbing import global_batches, mixed_precision, paper_figures, run_files
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def evaluate(net, dataset: data.VideoDataset, class_names: list, rt, batch_size:
     net.eval()
     net.set_class_names(class_names)
     views = dataset.num_clips * dataset.num_crops
-    loader = data.loader(Subset(dataset, range(rt.rank, len(dataset), rt.world_size)), batch_size, workers,
+    loader = global_batches.loader(Subset(dataset, range(rt.rank, len(dataset), rt.world_size)), batch_size, workers,
                          persistent=False)  # read once: its workers end with the pass
     results = []  # (index, label, top-5 predicted classes, readable)
     for batch in progress(loader, f"eval {len(dataset)} videos"):

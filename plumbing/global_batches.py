@@ -3,14 +3,19 @@
 plan_batches splits the setting's effective batch into processes x micro-batches x gradient-accumulation steps;
 GlobalBatchSampler gives each process its fixed share of the same global micro-batches; global_micro_index numbers
 a micro-batch across the run, so that what is drawn per micro-batch (mixup, cutmix) is the same however the batch
-is split, and after a resume. train.py uses these; the paper's method does not depend on them.
+is split, and after a resume. Runtime is a process's place among them; loader, a DataLoader whose workers start from
+a clean process (never forked from one that decoded video: PyAV 19 hangs there). train.py uses these; the paper's
+method does not depend on them.
 """
 import dataclasses
+import multiprocessing
 import os
 from typing import NamedTuple
 
 import torch
 from torch.utils.data import Sampler
+
+import data
 
 
 @dataclasses.dataclass
@@ -105,3 +110,25 @@ def authors_iterations(batch: int, num_videos: int) -> tuple:
     if batch % per_iteration:
         return 1, num_videos // batch
     return batch // per_iteration, -(-num_videos // AUTHORS_GPUS) // AUTHORS_GPU_BATCH
+
+
+# DataLoader workers are never forked from the process that uses them: a fork copies FFmpeg's state as it is, and with
+# PyAV 19 a worker forked after the parent has resized one frame hangs forever in its own first resize (the scaler's
+# thread pool, cached per thread, is copied without its threads). Workers start from a "forkserver", a clean process
+# that has decoded nothing and has imported torch and av once, so that a worker starts in ~0.1 s rather than a fresh
+# interpreter's ~2 s ("spawn", where there is no forkserver). A script that uses workers needs the usual
+# `if __name__ == "__main__":` guard, as train.py has: a worker imports the main module.
+WORKER_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def loader(dataset, batch_size, workers=0, sampler=None, pin_memory=False, persistent=True, **kwargs):
+    """A DataLoader of clips (data.collate) whose `workers` processes start clean (WORKER_START) and, if `persistent`,
+    stay until the loader is gone: build it once and iterate it every epoch (set_epoch reaches them: shared memory).
+    kwargs go to the DataLoader (e.g. timeout)."""
+    if workers > 0:
+        kwargs.update(num_workers=workers, persistent_workers=persistent,
+                      multiprocessing_context=multiprocessing.get_context(WORKER_START))
+        if WORKER_START == "forkserver":  # takes effect when the server starts, at the first loader with workers
+            multiprocessing.set_forkserver_preload(["torch", "av"])
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=data.collate,
+                                       pin_memory=pin_memory, **kwargs)

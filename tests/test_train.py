@@ -463,7 +463,8 @@ if __name__ == "__main__":
 
 def test_workers_do_not_hang_when_the_parent_has_decoded_and_resized(world, random_tiny_clip, tmp_path):
     """The training and evaluation loaders' workers, in a process that has decoded and resized a frame before: workers
-    forked from it hang forever in their first resize with PyAV 19 (a timeout here). data.loader starts them clean."""
+    forked from it hang forever in their first resize with PyAV 19 (a timeout here). global_batches.loader starts
+    them clean."""
     paths = miniworld.dataset_paths("toy-hmdb", world, reduced=True)
     video = os.path.join(paths["root"], data.read_list(paths["train"])[0][0])
     argv = ["--reduced-world", "--data-root", world, "--clip", random_tiny_clip, "--workers", "1", "--k", "2",
