@@ -7,7 +7,7 @@
                 metrics dict train.main returns (runs/ is git-ignored)
   run_shared(*argv)
                 the same, trained once for every notebook that runs the same command: reused while the command and
-                the method files stay the same
+                the code stay the same
   bridge(clip)  the bridged model notebooks 3, 7, 8 and 9 share (ViFi-CLIP trained on toy-k400), through run_shared
   check(condition, sentence)
                 a claim the notebook's text makes, tested against this run's outputs: printed when it holds, an
@@ -61,40 +61,38 @@ def runs_folder(*parts: str) -> str:
 
 def run(name: str, *argv) -> dict:
     """`python train.py argv --out runs/notebooks/<notebook>/<name>`, in this process: the metrics dict."""
-    import train
-    out = runs_folder(name)
-    shutil.rmtree(out, ignore_errors=True)  # a fresh run (train.py appends to log.jsonl, and --resume is off)
-    argv = [str(a) for a in argv] + ["--out", out]
-    print("$ python train.py", " ".join(argv).replace(ROOT + os.sep, ""))  # paths relative to the repository
-    start = time.time()
-    metrics = train.main(argv)
-    print(f"[{time.time() - start:.0f} s]")
-    return metrics
+    return _train([str(a) for a in argv], runs_folder(name))
 
 
 def run_shared(*argv) -> dict:
-    """run(), trained once for all notebooks: the run of the same command, with the same method files, is reused
-    (runs/notebooks/shared/<hash>/; metrics.json, written last, marks a finished run). The metrics dict, with "out":
-    the run's folder (best.pt, last.pt)."""
+    """run(), trained once for all notebooks: the run of the same command, with the same code (the method files, the
+    plumbing and the world), is reused (runs/notebooks/shared/<hash>/; metrics.json, written last, marks a finished
+    run). The metrics dict, with "out": the run's folder (best.pt, last.pt)."""
+    import glob
     import hashlib
     import json
     argv = [str(a) for a in argv]
     key = hashlib.sha256(json.dumps(argv).encode())
-    for name in ("tokenizer.py", "clip_model.py", "prompts.py", "vifi.py", "data.py", "train.py"):
-        with open(os.path.join(ROOT, name), "rb") as f:
+    for path in sorted(glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "plumbing", "*.py"))
+                       + glob.glob(os.path.join(ROOT, "world", "*.py"))):
+        with open(path, "rb") as f:
             key.update(f.read())
     out = os.path.join(ROOT, "runs", "notebooks", "shared", key.hexdigest()[:16])
     if os.path.isfile(os.path.join(out, "metrics.json")):
         print("$ python train.py", " ".join(argv), f"(trained by an earlier notebook: {os.path.relpath(out, ROOT)})")
         with open(os.path.join(out, "metrics.json")) as f:
             return dict(json.load(f), out=out)
+    return dict(_train(argv, out), out=out)
+
+
+def _train(argv: list, out: str) -> dict:
     import train
-    shutil.rmtree(out, ignore_errors=True)  # an unfinished earlier attempt
-    print("$ python train.py", " ".join(argv + ["--out", os.path.relpath(out, ROOT)]))
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run (train.py appends to log.jsonl), or an unfinished one's
+    print("$ python train.py", " ".join(argv + ["--out", out]).replace(ROOT + os.sep, ""))  # paths from the root
     start = time.time()
     metrics = train.main(argv + ["--out", out])
     print(f"[{time.time() - start:.0f} s]")
-    return dict(metrics, out=out)
+    return metrics
 
 
 def bridge(clip: str) -> dict:
