@@ -160,7 +160,8 @@ def train(run: "Run", rt: "Runtime") -> dict:
     optimizer = torch.optim.AdamW(vifi.parameter_groups(net, cfg.lr, cfg.image_lr_scale), lr=cfg.lr,
                                   betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay,
                                   fused=rt.device.type == "cuda" or None)
-    theirs = global_batches.authors_iterations(plan.batch, len(train_split.samples))  # the units their schedule counts in
+    # the units the authors' schedule counts in: micro-batches of their 8-GPU layout
+    theirs = global_batches.authors_iterations(plan.batch, len(train_split.samples))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(
         step, plan.steps_per_epoch, cfg.epochs, cfg.warmup_epochs, *theirs))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.precision == "fp16")

@@ -130,7 +130,8 @@ def main():
           f"(logit scale {scale:.1f}); top-1 %")
     shots = []  # one dict of read-outs per K-shot split
     for seed in args.seeds:
-        idx = torch.tensor([row[path] for path, _ in protocols.kshot(full, dataclasses.replace(cfg, split=seed)).samples])
+        split = protocols.kshot(full, dataclasses.replace(cfg, split=seed))
+        idx = torch.tensor([row[path] for path, _ in split.samples])
         shots.append(read_outs(train_x[idx], train_y[idx], eval_x, eval_y, C, scale, args.quick))
     everything = None if args.quick else read_outs(train_x, train_y, eval_x, eval_y, C, scale, args.quick)
     for name in shots[0]:

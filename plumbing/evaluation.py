@@ -29,7 +29,7 @@ def evaluate(net, dataset: data.VideoDataset, class_names: list, rt, batch_size:
     net.set_class_names(class_names)
     views = dataset.num_clips * dataset.num_crops
     loader = global_batches.loader(Subset(dataset, range(rt.rank, len(dataset), rt.world_size)), batch_size, workers,
-                         persistent=False)  # read once: its workers end with the pass
+                                   persistent=False)  # read once: its workers end with the pass
     results = []  # (index, label, top-5 predicted classes, readable)
     for batch in progress(loader, f"eval {len(dataset)} videos"):
         clips = batch["clips"].to(rt.device, non_blocking=True)  # [B, V*T, 3, H, W]

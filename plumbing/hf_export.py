@@ -94,7 +94,8 @@ def preprocessor_config(input_size: int, normalization: str) -> dict:
     input size (256 for 224), a centre crop of the input size, bilinear, and the weights' pixel statistics."""
     mean, std = data.NORMS[normalization]
     return dict(image_processor_type="CLIPImageProcessor", processor_class="CLIPProcessor", do_convert_rgb=True,
-                do_resize=True, size=dict(shortest_edge=data.resized_short_side(input_size)), resample=2,  # PIL's BILINEAR
+                do_resize=True, size=dict(shortest_edge=data.resized_short_side(input_size)),
+                resample=2,  # PIL's BILINEAR
                 do_center_crop=True, crop_size=dict(height=input_size, width=input_size), do_rescale=True,
                 rescale_factor=1 / 255, do_normalize=True, image_mean=list(mean), image_std=list(std))
 

@@ -580,9 +580,9 @@ def test_evaluation_flags_bad_videos(videos):
 
 
 def test_failure_count_and_epoch_cross_worker_processes(videos):
-    """global_batches.loader's workers: started clean, kept across epochs, sharing the failure table and the epoch. This process
-    decodes and resizes first, as a notebook that shows a frame does: workers forked from it hang in their first resize
-    with PyAV 19 (the timeout turns a hang into a failure)."""
+    """global_batches.loader's workers: started clean, kept across epochs, sharing the failure table and the epoch.
+    This process decodes and resizes first, as a notebook that shows a frame does: workers forked from it hang in their
+    first resize with PyAV 19 (the timeout turns a hang into a failure)."""
     video_decoder.decode_frames(videos["mp4"], [0, 10], size=(64, 64))
     ds = make_dataset(videos, ["mp4", "missing", "gray", "empty"], train=True)
     loader = global_batches.loader(ds, batch_size=2, workers=2, timeout=120)

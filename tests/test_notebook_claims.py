@@ -7,7 +7,8 @@ is false (e.g. the vanilla model's in place of the trained one's), each of which
 must make every check() in the function fail at least once. So a check that cannot fail (`V == clips * crops` where V
 is defined so, `> chance` where chance is 1.4%) has no counterexample and fails this test.
 
-The functions see only `r`, `check`, `np` and `math`: no notebook global, so that what they judge is what they are given.
+The functions see only `r`, `check`, `np` and `math`: no notebook global, so that what they judge is what they are
+given.
 
     python -m pytest -q tests/test_notebook_claims.py
 """
@@ -22,7 +23,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = {os.path.basename(p)[:-len(".ipynb")]: p for p in sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))}
+NOTEBOOKS = {os.path.basename(p)[:-len(".ipynb")]: p
+             for p in sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))}
 
 
 class Failed(Exception):

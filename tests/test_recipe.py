@@ -20,6 +20,11 @@ from world import miniworld
 from timm.scheduler import cosine_lr as timm_scheduler  # a test-only reference, like openai-clip and transformers
 
 
+def config(argv: list) -> "train.Config":
+    """train.py's configuration for these flags, the setting's defaults filled in."""
+    return train.parse_command_line(argv)[0]
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("world"))
@@ -54,7 +59,7 @@ def authors_lrs(lr: float, epochs: int, num_videos: int, batch: int) -> list:
     ("fewshot", "hmdb51", "both", 51 * 16), ("fewshot", "ucf101", "both", 101 * 2), ("fewshot", "hmdb51", "both", 102),
     ("base2novel", "hmdb51", "both", 26 * 16), ("base2novel", "k400", "prompts", 200 * 16)])
 def test_schedule_is_the_authors_step_for_step(setting, dataset, train_mode, num_videos):
-    cfg = train.parse_command_line(["--setting", setting, "--dataset", dataset, "--train", train_mode])[0]
+    cfg = config(["--setting", setting, "--dataset", dataset, "--train", train_mode])
     steps = num_videos // cfg.batch_size
     accumulation, iterations = global_batches.authors_iterations(cfg.batch_size, num_videos)
     ours = [cfg.lr * train.lr_multiplier(s, steps, cfg.epochs, cfg.warmup_epochs, accumulation, iterations)
@@ -85,11 +90,11 @@ def test_paper_settings_normalise_with_imagenet_statistics_and_the_world_with_cl
     for setting in ("zeroshot", "base2novel", "fewshot", "fully"):
         for dataset in ("hmdb51", "ucf101", "k400", "custom"):
             for mode in ("both", "none", "prompts", "image"):
-                cfg = train.parse_command_line(["--setting", setting, "--dataset", dataset, "--train", mode])[0]
+                cfg = config(["--setting", setting, "--dataset", dataset, "--train", mode])
                 assert cfg.normalization == "imagenet", (setting, dataset, mode)
-    assert train.parse_command_line([])[0].normalization == "clip"  # the tiny CLIP was pretrained on CLIP's statistics
-    assert train.parse_command_line(["--dataset", "hmdb51", "--normalization", "clip"])[0].normalization == "clip"
-    assert train.parse_command_line(["--dataset", "hmdb51", "--init-from", "x.pt"])[0].normalization is None  # the weights'
+    assert config([]).normalization == "clip"  # the tiny CLIP was pretrained on CLIP's statistics
+    assert config(["--dataset", "hmdb51", "--normalization", "clip"]).normalization == "clip"
+    assert config(["--dataset", "hmdb51", "--init-from", "x.pt"]).normalization is None  # the weights'
 
 
 def test_init_from_keeps_the_pixel_statistics_its_weights_were_trained_with(world, random_tiny_clip, tmp_path):
@@ -101,26 +106,26 @@ def test_init_from_keeps_the_pixel_statistics_its_weights_were_trained_with(worl
 
 
 def test_prompt_and_baseline_rates_are_the_authors_configs():
-    cfg = train.parse_command_line(["--setting", "base2novel", "--dataset", "hmdb51", "--train", "prompts"])[0]
+    cfg = config(["--setting", "base2novel", "--dataset", "hmdb51", "--train", "prompts"])
     assert (cfg.lr, cfg.n_ctx_text, cfg.depth_vision, cfg.epochs) == (4e-2, 16, 9, 11)
-    cfg = train.parse_command_line(["--setting", "fewshot", "--dataset", "ucf101", "--train", "prompts"])[0]
+    cfg = config(["--setting", "fewshot", "--dataset", "ucf101", "--train", "prompts"])
     assert (cfg.lr, cfg.n_ctx_vision, cfg.depth_text) == (8e-3, 10, 12)
     for mode in ("image", "text"):
-        cfg = train.parse_command_line(["--setting", "fully", "--dataset", "k400", "--train", mode])[0]
+        cfg = config(["--setting", "fully", "--dataset", "k400", "--train", mode])
         assert (cfg.batch_size, cfg.lr, cfg.epochs) == (256, 8e-6, 30)
-    cfg = train.parse_command_line(["--setting", "fully", "--dataset", "k400", "--train", "both"])[0]
+    cfg = config(["--setting", "fully", "--dataset", "k400", "--train", "both"])
     assert (cfg.batch_size, cfg.lr) == (512, 22e-6)
     for mode in ("image", "text"):  # their zero-shot baselines train as ViFi-CLIP does
-        cfg = train.parse_command_line(["--setting", "zeroshot", "--dataset", "k400", "--train", mode])[0]
+        cfg = config(["--setting", "zeroshot", "--dataset", "k400", "--train", mode])
         assert (cfg.batch_size, cfg.lr) == (256, 8e-6)
 
 
 def test_evaluation_schedule_counts_from_the_first_epoch_and_reports_the_best(world, random_tiny_clip, tmp_path,
                                                                              monkeypatch):
     """Theirs: evaluate when epoch % SAVE_FREQ == 0 (epochs from 0) or at the last, report the maximum."""
-    assert [train.parse_command_line(["--setting", s, "--dataset", "hmdb51"])[0].eval_every for s in ("fewshot", "base2novel")] \
+    assert [config(["--setting", s, "--dataset", "hmdb51"]).eval_every for s in ("fewshot", "base2novel")] \
         == [10, 10]
-    assert train.parse_command_line(["--setting", "fully", "--dataset", "k400"])[0].eval_every == 1
+    assert config(["--setting", "fully", "--dataset", "k400"]).eval_every == 1
     scripted = iter([30.0, 50.0, 40.0])  # the accuracies of the three evaluations, in order
 
     def evaluate_splits(net, splits, cfg, rt, num_clips=1, num_crops=1):

@@ -30,6 +30,11 @@ from conftest import assert_same_weights
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def config(argv: list) -> "train.Config":
+    """train.py's configuration for these flags, the setting's defaults filled in."""
+    return train.parse_command_line(argv)[0]
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("world"))
@@ -129,7 +134,7 @@ def test_resume_mid_epoch_ends_with_identical_weights(world, random_tiny_clip, t
 
 
 def test_the_image_tower_learns_at_its_own_rate(world, random_tiny_clip, tmp_path):
-    cfg = train.parse_command_line(["--clip", random_tiny_clip, "--lr", "1e-3", "--image-lr-scale", "0.25"])[0]
+    cfg = config(["--clip", random_tiny_clip, "--lr", "1e-3", "--image-lr-scale", "0.25"])
     model = vifi.ViFiCLIP(clip_weights.load(random_tiny_clip), ["a", "b"], train_mode="both")
     groups = vifi.parameter_groups(model, cfg.lr, cfg.image_lr_scale)
     image = {id(p) for p in model.clip.visual.parameters()}
@@ -153,7 +158,7 @@ def test_a_checkpoint_from_before_a_flag_resumes_with_the_value_it_ran_with(worl
     checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)
     del checkpoint["config"]["image_lr_scale"]  # saved before the flag existed: the run ran at scale 1
     torch.save(checkpoint, tmp_path / "last.pt")
-    cfg = train.parse_command_line(["--resume", "--out", str(tmp_path)])[0]
+    cfg = config(["--resume", "--out", str(tmp_path)])
     _, resumed = run_files.prepare_resume(cfg, {"resume", "out"})
     assert resumed.image_lr_scale == 1.0 and resumed.lr == checkpoint["config"]["lr"]
 
@@ -587,7 +592,7 @@ def test_a_validation_set_of_unreadable_videos_fails_the_run(world, random_tiny_
 
 def test_unknown_setting_is_refused(capsys):
     with pytest.raises(SystemExit):
-        train.parse_command_line(["--setting", "semi"])[0]
+        config(["--setting", "semi"])
     assert "invalid choice: 'semi'" in capsys.readouterr().err
 
 
@@ -648,27 +653,27 @@ def test_batch_that_does_not_divide_is_refused(world, random_tiny_clip, tmp_path
 
 
 def test_defaults_follow_the_paper_per_setting():
-    cfg = train.parse_command_line(["--setting", "zeroshot", "--dataset", "k400"])[0]
+    cfg = config(["--setting", "zeroshot", "--dataset", "k400"])
     assert (cfg.frames, cfg.epochs, cfg.batch_size, cfg.lr, cfg.clip) == (32, 10, 256, 8e-6, "ViT-B/16")
-    cfg = train.parse_command_line(["--setting", "fully", "--dataset", "k400"])[0]
+    cfg = config(["--setting", "fully", "--dataset", "k400"])
     assert (cfg.frames, cfg.epochs, cfg.batch_size, cfg.lr, cfg.num_clips, cfg.num_crops) == (16, 30, 512, 22e-6, 4, 3)
-    cfg = train.parse_command_line(["--setting", "fewshot", "--dataset", "hmdb51"])[0]
+    cfg = config(["--setting", "fewshot", "--dataset", "hmdb51"])
     assert (cfg.frames, cfg.batch_size, cfg.lr, cfg.mixup, cfg.cutmix, cfg.label_smoothing) == (32, 64, 2e-6, .8, 1, .1)
-    cfg = train.parse_command_line(["--setting", "base2novel", "--dataset", "hmdb51", "--train", "prompts"])[0]
+    cfg = config(["--setting", "base2novel", "--dataset", "hmdb51", "--train", "prompts"])
     assert (cfg.lr, cfg.n_ctx_text, cfg.depth_vision) == (4e-2, 16, 9)
-    cfg = train.parse_command_line(["--setting", "fewshot", "--dataset", "hmdb51", "--train", "prompts", "--lr", "1e-3"])[0]
+    cfg = config(["--setting", "fewshot", "--dataset", "hmdb51", "--train", "prompts", "--lr", "1e-3"])
     assert (cfg.lr, cfg.n_ctx_vision, cfg.depth_text) == (1e-3, 10, 12)  # an explicit flag wins
-    assert train.parse_command_line([])[0].clip == miniworld.TINY_CLIP_NAME
-    assert cfg.image_lr_scale == 1 and train.parse_command_line([])[0].image_lr_scale == 0.1  # the paper: one rate; the world: two
+    assert config([]).clip == miniworld.TINY_CLIP_NAME
+    assert cfg.image_lr_scale == 1 and config([]).image_lr_scale == 0.1  # the paper: one rate; the world: two
     # the paper's multi-scale crop; the world: the crop alone, and none for few-shot and zero-shot (their classes are
     # where an object ends and how big it grows, which a crop moves and scales: train.WORLD)
     assert cfg.augment == "paper"
-    assert [train.parse_command_line(["--setting", s])[0].augment for s in ("fewshot", "base2novel", "zeroshot", "fully")] == \
+    assert [config(["--setting", s]).augment for s in ("fewshot", "base2novel", "zeroshot", "fully")] == \
         ["none", "crop", "none", "crop"]
     # prompt learning trains without the crop in every setting of the world (base-to-novel included); the paper's
     # datasets keep the paper's augmentation for prompts too
-    assert train.parse_command_line(["--setting", "base2novel", "--train", "prompts"])[0].augment == "none"
-    assert train.parse_command_line(["--setting", "base2novel", "--dataset", "hmdb51", "--train", "prompts"])[0].augment == "paper"
+    assert config(["--setting", "base2novel", "--train", "prompts"]).augment == "none"
+    assert config(["--setting", "base2novel", "--dataset", "hmdb51", "--train", "prompts"]).augment == "paper"
 
 
 def user_error(capsys, *argv):
@@ -723,7 +728,7 @@ def test_every_user_error_is_one_line_without_traceback(case, world, random_tiny
 
 def test_help_describes_every_flag_with_its_defaults(capsys):
     with pytest.raises(SystemExit):
-        train.parse_command_line(["--help"])[0]
+        config(["--help"])
     out = capsys.readouterr().out
     out = " ".join(out.split())
     for f in dataclasses.fields(train.Config):  # every flag, with its help text
@@ -734,10 +739,10 @@ def test_help_describes_every_flag_with_its_defaults(capsys):
 
 @pytest.mark.parametrize("k", [1, 3, 32])
 def test_any_positive_k_is_accepted(k):
-    assert train.parse_command_line(["--k", str(k)])[0].k == k
+    assert config(["--k", str(k)]).k == k
 
 
 def test_k_must_be_positive(capsys):
     with pytest.raises(SystemExit):
-        train.parse_command_line(["--k", "0"])[0]
+        config(["--k", "0"])
     assert "0 is not a positive integer" in capsys.readouterr().err
